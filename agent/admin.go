@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+)
+
+// startAdmin binds the admin listener and serves /healthz, /readyz and
+// /v1/state on it.
+func (a *Agent) startAdmin() (*http.Server, error) {
+	ln, err := net.Listen("tcp", a.cfg.AdminListen.String())
+	if err != nil {
+		return nil, fmt.Errorf("--admin-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", a.handleReadyz)
+	mux.HandleFunc("GET /v1/state", a.handleState)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+// notReady lists what keeps meshlet from being ready; empty means ready.
+func (a *Agent) notReady() []string {
+	var why []string
+	if a.stopping.Load() {
+		why = append(why, "stopping")
+	}
+	if !a.listening.Load() {
+		why = append(why, "listeners: not bound yet")
+	}
+	if !a.rulesUp.Load() {
+		why = append(why, "iptables rules: not installed yet")
+	} else if a.rules != nil {
+		if err := a.rules.Verify(); err != nil {
+			why = append(why, "iptables rules: "+err.Error())
+		}
+	}
+	if ok, reason := a.mesh.CatalogReady(); !ok {
+		why = append(why, "consul: "+reason)
+	}
+	return why
+}
+
+func (a *Agent) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if why := a.notReady(); len(why) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %s\n", strings.Join(why, "; "))
+		return
+	}
+	io.WriteString(w, "ready\n")
+}
+
+type stateService struct {
+	Name      string   `json:"name"`
+	VIP       string   `json:"vip"`
+	Endpoints []string `json:"endpoints"`
+}
+
+type state struct {
+	Ready    bool           `json:"ready"`
+	NotReady []string       `json:"not_ready,omitempty"`
+	Services []stateService `json:"services"`
+}
+
+func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
+	why := a.notReady()
+	st := state{Ready: len(why) == 0, NotReady: why, Services: []stateService{}}
+	for name, addr := range a.vips.Snapshot() {
+		s := stateService{Name: name, VIP: addr.String(), Endpoints: []string{}}
+		for _, e := range a.mesh.Endpoints(name) {
+			s.Endpoints = append(s.Endpoints, fmt.Sprintf("%s %s", e.ID, e.Addr))
+		}
+		st.Services = append(st.Services, s)
+	}
+	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].Name < st.Services[j].Name })
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(st)
+}

@@ -1,0 +1,286 @@
+// Package agent wires meshlet together: configuration, start-up order,
+// readiness, signals, graceful drain and the admin server. It holds no
+// protocol logic: DNS, interception and proxying live in their own packages.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/dns"
+	"github.com/meshlet/meshlet/intercept"
+	"github.com/meshlet/meshlet/upstream"
+	"github.com/meshlet/meshlet/vip"
+)
+
+// Agent is one running meshlet.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	vips *vip.Table
+	mesh *upstream.Mesh
+
+	dnsServer *dns.Server
+	outbound  net.Listener
+	rules     *intercept.Manager // nil without --intercept
+
+	listening atomic.Bool // DNS and outbound listeners bound
+	rulesUp   atomic.Bool // rules installed (or not wanted)
+	stopping  atomic.Bool
+	conns     sync.WaitGroup
+}
+
+// Run starts meshlet and blocks until ctx is cancelled (the first SIGTERM),
+// then drains: it stops accepting, lets in-flight requests finish until the
+// drain timeout or until hardStop is closed (a second signal), removes the
+// rules and returns. Start-up errors name the setting at fault, and leave no
+// rule behind.
+func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
+	a := &Agent{cfg: cfg, log: log}
+	if a.vips, err = vip.NewTable(cfg.VIPCIDR); err != nil {
+		return fmt.Errorf("--vip-cidr: %w", err)
+	}
+
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	if cfg.Intercept && cfg.Mark != 0 {
+		if err := intercept.CheckMark(cfg.Mark); err != nil {
+			return fmt.Errorf("--mark: %w (meshlet needs root or CAP_NET_ADMIN to intercept; or run with --intercept=false)", err)
+		}
+		dialer = intercept.MarkedDialer(cfg.Mark, 5*time.Second)
+	}
+	resolvers, err := dns.ReadResolvConf(cfg.ResolvConf)
+	if err != nil {
+		return fmt.Errorf("--resolv-conf: %w", err)
+	}
+
+	consulCfg := api.DefaultConfig()
+	consulCfg.Address = cfg.Consul
+	consulCfg.Transport.DialContext = dialer.DialContext
+	consulCfg.Transport.Proxy = nil
+	consul, err := api.NewClient(consulCfg)
+	if err != nil {
+		return fmt.Errorf("--consul: %w", err)
+	}
+	a.mesh, err = upstream.New(upstream.Config{Consul: consul, Dialer: dialer, Logger: log.With("part", "upstream")})
+	if err != nil {
+		return fmt.Errorf("starting upstream: %w", err)
+	}
+
+	// The admin server comes first, so /readyz can tell why the rest is not
+	// up yet.
+	admin, err := a.startAdmin()
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	meshDone := make(chan struct{})
+	go func() {
+		defer close(meshDone)
+		a.mesh.Run(runCtx)
+	}()
+	defer func() { stopRun(); <-meshDone }()
+
+	a.dnsServer, err = dns.NewServer(dns.Config{
+		Listen:    cfg.DNSListen.String(),
+		Suffixes:  cfg.Suffixes,
+		Services:  services{a},
+		Upstreams: resolvers,
+		Dialer:    dialer,
+		Logger:    log.With("part", "dns"),
+	})
+	if err != nil {
+		return fmt.Errorf("--dns-listen: %w", err)
+	}
+	if err := a.dnsServer.Start(); err != nil {
+		return fmt.Errorf("--dns-listen: %w", err)
+	}
+	defer shutdownDNS(a.dnsServer)
+	if a.outbound, err = net.Listen("tcp", cfg.OutboundListen.String()); err != nil {
+		return fmt.Errorf("--outbound-listen: %w", err)
+	}
+	defer a.outbound.Close()
+	a.listening.Store(true)
+
+	if cfg.Intercept {
+		if err := a.installRules(); err != nil {
+			return err
+		}
+		defer a.removeRules()
+	}
+	a.rulesUp.Store(true)
+
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		a.acceptOutbound(runCtx)
+	}()
+	log.Info("meshlet started", "dns", cfg.DNSListen, "outbound", cfg.OutboundListen, "admin", cfg.AdminListen,
+		"consul", cfg.Consul, "suffixes", cfg.Suffixes, "vip_cidr", cfg.VIPCIDR, "intercept", cfg.Intercept)
+
+	<-ctx.Done()
+	a.stopping.Store(true)
+	log.Info("stopping: draining in-flight requests", "drain_timeout", cfg.DrainTimeout)
+	a.outbound.Close()
+	<-acceptDone
+
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer cancelDrain()
+	go func() {
+		select {
+		case <-hardStop:
+			log.Info("second signal: skipping the rest of the drain")
+			cancelDrain()
+		case <-drainCtx.Done():
+		}
+	}()
+	if err := a.mesh.Shutdown(drainCtx); err != nil {
+		log.Warn("drain ended before every request finished", "err", err)
+	}
+	a.conns.Wait()
+	log.Info("stopped")
+	return nil
+}
+
+func shutdownDNS(s *dns.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.Shutdown(ctx)
+}
+
+func (a *Agent) installRules() error {
+	ipt, err := intercept.NewIPTables()
+	if err != nil {
+		return fmt.Errorf("--intercept: %w", err)
+	}
+	a.rules, err = intercept.NewManager(a.interceptConfig(), ipt)
+	if err != nil {
+		return fmt.Errorf("--intercept: %w", err)
+	}
+	if err := a.rules.Install(); err != nil {
+		// Leave nothing half-made behind.
+		a.rules.Remove()
+		return fmt.Errorf("--intercept: %w", err)
+	}
+	a.log.Info("iptables rules installed", "chain", intercept.ChainName)
+	return nil
+}
+
+func (a *Agent) removeRules() {
+	if a.rules == nil {
+		return
+	}
+	if err := a.rules.Remove(); err != nil {
+		a.log.Error("removing iptables rules", "err", err)
+		return
+	}
+	a.log.Info("iptables rules removed")
+}
+
+func (a *Agent) interceptConfig() intercept.Config {
+	return interceptConfig(a.cfg)
+}
+
+func interceptConfig(cfg Config) intercept.Config {
+	return intercept.Config{
+		DNSPort:      cfg.DNSListen.Port(),
+		OutboundPort: cfg.OutboundListen.Port(),
+		VIPCIDR:      cfg.VIPCIDR,
+		Mark:         cfg.Mark,
+		ExcludeUID:   cfg.ExcludeUID,
+	}
+}
+
+// acceptOutbound takes the app's redirected connections and hands each to
+// the proxy of the service whose VIP it was addressed to.
+func (a *Agent) acceptOutbound(ctx context.Context) {
+	var delay time.Duration
+	for {
+		c, err := a.outbound.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off instead of spinning.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			a.log.Warn("accepting outbound connection", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		a.conns.Add(1)
+		go func() {
+			defer a.conns.Done()
+			a.serveOutbound(ctx, c)
+		}()
+	}
+}
+
+func (a *Agent) serveOutbound(ctx context.Context, c net.Conn) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return
+	}
+	dst, err := intercept.OriginalDst(tc)
+	if err != nil {
+		a.log.Debug("outbound connection without an original destination", "from", c.RemoteAddr(), "err", err)
+		c.Close()
+		return
+	}
+	service, ok := a.serviceOf(dst.Addr())
+	if !ok {
+		a.log.Warn("connection to an address that is no service's VIP", "dst", dst, "from", c.RemoteAddr())
+		c.Close()
+		return
+	}
+	a.mesh.Watch(service)
+	a.mesh.ServeConn(ctx, c, service, service+"."+a.cfg.Suffixes[0])
+}
+
+// serviceOf maps a VIP back to its service. An address the table does not
+// know yet can still be a service's home address, handed out by an earlier
+// run of meshlet whose answer the app has cached.
+func (a *Agent) serviceOf(addr netip.Addr) (string, bool) {
+	if s, ok := a.vips.Lookup(addr); ok {
+		return s, true
+	}
+	for _, name := range a.mesh.ServiceNames() {
+		if a.vips.Home(name) == addr {
+			if got, err := a.vips.Assign(name); err == nil && got == addr {
+				return name, true
+			}
+		}
+	}
+	return "", false
+}
+
+// services answers the DNS server's questions about mesh names.
+type services struct{ a *Agent }
+
+// LookupVIP implements dns.Services.
+func (s services) LookupVIP(ctx context.Context, name string) (netip.Addr, bool, error) {
+	ok, err := s.a.mesh.ServiceExists(name)
+	if err != nil || !ok {
+		return netip.Addr{}, false, err
+	}
+	// Watch from the first answer on, so that the app's connection, which
+	// follows at once, finds the instances already known.
+	s.a.mesh.Watch(name)
+	v, err := s.a.vips.Assign(name)
+	if err != nil {
+		return netip.Addr{}, false, err
+	}
+	return v, true, nil
+}

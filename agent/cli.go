@@ -1,0 +1,141 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/meshlet/meshlet/intercept"
+)
+
+const usage = `meshlet: a sidecar that gives an unchanged app service discovery and load balancing.
+
+Usage:
+  meshlet run [flags]                      run the sidecar (flags: meshlet run -h)
+  meshlet intercept install|remove|show [flags]
+                                           manage the iptables rules alone (e.g. from an init container);
+                                           takes the same flags as run
+  meshlet version
+`
+
+// Version is set at build time with -ldflags "-X github.com/meshlet/meshlet/agent.Version=...".
+var Version = "dev"
+
+// Main runs the meshlet command line and returns the exit code.
+func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return runCommand(args[1:], getenv, stderr)
+	case "intercept":
+		return interceptCommand(args[1:], getenv, stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "meshlet %s\n", Version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "meshlet: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func runCommand(args []string, getenv func(string) string, stderr io.Writer) int {
+	cfg, err := ParseConfig(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "meshlet: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+
+	// The first SIGTERM or SIGINT drains; a second one skips the rest of
+	// the drain.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	hardStop := make(chan struct{})
+	go func() {
+		s := <-sigs
+		log.Info("signal received", "signal", s.String())
+		stop()
+		<-sigs
+		close(hardStop)
+	}()
+
+	if err := Run(ctx, hardStop, cfg, log); err != nil {
+		log.Error("meshlet failed", "err", err)
+		fmt.Fprintf(stderr, "meshlet: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func interceptCommand(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "meshlet intercept: want install, remove or show\n")
+		return 2
+	}
+	verb := args[0]
+	cfg, err := ParseConfig(args[1:], getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "meshlet: %v\n", err)
+		return 2
+	}
+	ipt, err := intercept.NewIPTables()
+	if err != nil {
+		fmt.Fprintf(stderr, "meshlet intercept %s: %v\n", verb, err)
+		return 1
+	}
+	m, err := intercept.NewManager(interceptConfig(cfg), ipt)
+	if err != nil {
+		fmt.Fprintf(stderr, "meshlet intercept %s: %v\n", verb, err)
+		return 2
+	}
+	switch verb {
+	case "install":
+		err = m.Install()
+		if err != nil {
+			m.Remove()
+		}
+	case "remove":
+		err = m.Remove()
+	case "show":
+		var out string
+		out, err = m.Show()
+		fmt.Fprint(stdout, out)
+	default:
+		fmt.Fprintf(stderr, "meshlet intercept: unknown action %q (want install, remove or show)\n", verb)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "meshlet intercept %s: %v\n", verb, err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

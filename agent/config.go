@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything `meshlet run` can be told. Every field has a flag and
+// a MESHLET_* environment variable; a flag wins over the variable, the
+// variable over the default.
+type Config struct {
+	Consul         string        // Consul HTTP address; default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500
+	Suffixes       []string      // mesh DNS suffixes
+	VIPCIDR        netip.Prefix  // range of virtual IPs, inside 127.0.0.0/8
+	DNSListen      netip.AddrPort
+	OutboundListen netip.AddrPort
+	AdminListen    netip.AddrPort
+	ResolvConf     string        // where the app's own nameservers are read from
+	Intercept      bool          // install the iptables rules
+	Mark           uint32        // socket mark of meshlet's own connections
+	ExcludeUID     int           // -1: none; else traffic of this uid bypasses interception too
+	DrainTimeout   time.Duration // how long in-flight requests may run after SIGTERM
+	LogLevel       slog.Level
+	LogFormat      string // text or json
+}
+
+// setting is one flag with its environment variable and help.
+type setting struct {
+	flag, env, def, help string
+	parse            func(c *Config, v string) error
+}
+
+func settings(consulDefault string) []setting {
+	return []setting{
+		{"consul", "MESHLET_CONSUL", consulDefault, "Consul HTTP address (default: $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)",
+			func(c *Config, v string) error {
+				if strings.TrimSpace(v) == "" {
+					return errors.New("must not be empty")
+				}
+				c.Consul = v
+				return nil
+			}},
+		{"suffix", "MESHLET_SUFFIX", "local,service.consul", "comma-separated DNS suffixes of mesh names (NAME.SUFFIX → service NAME)",
+			func(c *Config, v string) error {
+				c.Suffixes = nil
+				for _, s := range strings.Split(v, ",") {
+					s = strings.ToLower(strings.Trim(strings.TrimSpace(s), "."))
+					if s == "" {
+						continue
+					}
+					if strings.ContainsAny(s, " /\\@") {
+						return fmt.Errorf("%q is not a DNS suffix", s)
+					}
+					c.Suffixes = append(c.Suffixes, s)
+				}
+				if len(c.Suffixes) == 0 {
+					return errors.New("needs at least one suffix")
+				}
+				return nil
+			}},
+		{"vip-cidr", "MESHLET_VIP_CIDR", "127.77.0.0/16", "loopback range the virtual IPs of services come from",
+			func(c *Config, v string) error {
+				p, err := netip.ParsePrefix(v)
+				if err != nil {
+					return fmt.Errorf("%q is not a CIDR", v)
+				}
+				if !p.Addr().Is4() || !netip.MustParsePrefix("127.0.0.0/8").Contains(p.Addr()) || p.Bits() < 8 {
+					return fmt.Errorf("%s is not inside 127.0.0.0/8 (VIPs must be loopback addresses)", p)
+				}
+				if p.Bits() > 30 {
+					return fmt.Errorf("%s is too small (at most /30)", p)
+				}
+				c.VIPCIDR = p.Masked()
+				return nil
+			}},
+		{"dns-listen", "MESHLET_DNS_LISTEN", "127.0.0.1:15053", "address of the DNS listener (UDP and TCP)", addrPort(func(c *Config) *netip.AddrPort { return &c.DNSListen })},
+		{"outbound-listen", "MESHLET_OUTBOUND_LISTEN", "127.0.0.1:15001", "address of the listener intercepted connections are redirected to", addrPort(func(c *Config) *netip.AddrPort { return &c.OutboundListen })},
+		{"admin-listen", "MESHLET_ADMIN_LISTEN", "127.0.0.1:15000", "address of the admin server (/healthz, /readyz, /v1/state)", addrPort(func(c *Config) *netip.AddrPort { return &c.AdminListen })},
+		{"resolv-conf", "MESHLET_RESOLV_CONF", "/etc/resolv.conf", "resolv.conf whose nameservers answer names outside the mesh",
+			func(c *Config, v string) error {
+				if v == "" {
+					return errors.New("must not be empty")
+				}
+				c.ResolvConf = v
+				return nil
+			}},
+		{"intercept", "MESHLET_INTERCEPT", "true", "install iptables rules that redirect the app's DNS and VIP traffic to meshlet",
+			func(c *Config, v string) error {
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return fmt.Errorf("%q is not true or false", v)
+				}
+				c.Intercept = b
+				return nil
+			}},
+		{"mark", "MESHLET_MARK", "0x6d6c", "socket mark on meshlet's own connections, which the rules let through (0 to use --exclude-uid alone)",
+			func(c *Config, v string) error {
+				m, err := strconv.ParseUint(v, 0, 32)
+				if err != nil {
+					return fmt.Errorf("%q is not a 32-bit number", v)
+				}
+				c.Mark = uint32(m)
+				return nil
+			}},
+		{"exclude-uid", "MESHLET_EXCLUDE_UID", "-1", "uid whose traffic the rules let through, e.g. when meshlet runs as its own user (-1: none)",
+			func(c *Config, v string) error {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < -1 {
+					return fmt.Errorf("%q is not a uid or -1", v)
+				}
+				c.ExcludeUID = n
+				return nil
+			}},
+		{"drain-timeout", "MESHLET_DRAIN_TIMEOUT", "10s", "how long in-flight requests may finish after SIGTERM",
+			func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < 0 {
+					return fmt.Errorf("%q is not a duration such as 10s", v)
+				}
+				c.DrainTimeout = d
+				return nil
+			}},
+		{"log-level", "MESHLET_LOG_LEVEL", "info", "debug, info, warn or error",
+			func(c *Config, v string) error {
+				return c.LogLevel.UnmarshalText([]byte(v))
+			}},
+		{"log-format", "MESHLET_LOG_FORMAT", "text", "text or json",
+			func(c *Config, v string) error {
+				if v != "text" && v != "json" {
+					return fmt.Errorf("%q is not text or json", v)
+				}
+				c.LogFormat = v
+				return nil
+			}},
+	}
+}
+
+func addrPort(field func(*Config) *netip.AddrPort) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil {
+			return fmt.Errorf("%q is not IP:PORT", v)
+		}
+		*field(c) = ap
+		return nil
+	}
+}
+
+// ParseConfig reads the flags of `meshlet run` from args and the
+// environment from getenv. Errors are one line and name the setting.
+func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+	consulDefault := getenv("CONSUL_HTTP_ADDR")
+	if consulDefault == "" {
+		consulDefault = "127.0.0.1:8500"
+	}
+	all := settings(consulDefault)
+	fs := flag.NewFlagSet("meshlet run", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	values := make([]*string, len(all))
+	for i, s := range all {
+		values[i] = fs.String(s.flag, s.def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	var c Config
+	for i, s := range all {
+		v, from := *values[i], "--"+s.flag
+		if !set[s.flag] {
+			if ev := getenv(s.env); ev != "" {
+				v, from = ev, s.env
+			}
+		}
+		if err := s.parse(&c, v); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", from, err)
+		}
+	}
+	return c, c.validate()
+}
+
+// validate checks what no single setting can: how they fit together.
+func (c Config) validate() error {
+	for _, l := range []struct {
+		name string
+		ap   netip.AddrPort
+	}{{"--dns-listen", c.DNSListen}, {"--outbound-listen", c.OutboundListen}, {"--admin-listen", c.AdminListen}} {
+		if c.VIPCIDR.Contains(l.ap.Addr()) {
+			return fmt.Errorf("--vip-cidr: %s contains %s address %s, whose traffic would be redirected to meshlet", c.VIPCIDR, l.name, l.ap.Addr())
+		}
+	}
+	if c.Intercept {
+		if c.Mark == 0 && c.ExcludeUID < 0 {
+			return errors.New("--mark: 0 needs --exclude-uid, or meshlet would intercept its own connections")
+		}
+		if !c.DNSListen.Addr().IsLoopback() && !c.DNSListen.Addr().IsUnspecified() {
+			return fmt.Errorf("--dns-listen: %s must be a loopback or unspecified address for the redirect to reach it", c.DNSListen)
+		}
+		if !c.OutboundListen.Addr().IsLoopback() && !c.OutboundListen.Addr().IsUnspecified() {
+			return fmt.Errorf("--outbound-listen: %s must be a loopback or unspecified address for the redirect to reach it", c.OutboundListen)
+		}
+	}
+	if c.DNSListen.Port() == 0 || c.OutboundListen.Port() == 0 {
+		if c.Intercept {
+			return errors.New("--dns-listen/--outbound-listen: port 0 cannot be a redirect target")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := ParseConfig(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Consul:         "127.0.0.1:8500",
+		Suffixes:       []string{"local", "service.consul"},
+		VIPCIDR:        netip.MustParsePrefix("127.77.0.0/16"),
+		DNSListen:      netip.MustParseAddrPort("127.0.0.1:15053"),
+		OutboundListen: netip.MustParseAddrPort("127.0.0.1:15001"),
+		AdminListen:    netip.MustParseAddrPort("127.0.0.1:15000"),
+		ResolvConf:     "/etc/resolv.conf",
+		Intercept:      true,
+		Mark:           0x6d6c,
+		ExcludeUID:     -1,
+		DrainTimeout:   10 * time.Second,
+		LogFormat:      "text",
+	}
+	if c.Consul != want.Consul || strings.Join(c.Suffixes, ",") != strings.Join(want.Suffixes, ",") ||
+		c.VIPCIDR != want.VIPCIDR || c.DNSListen != want.DNSListen || c.OutboundListen != want.OutboundListen ||
+		c.AdminListen != want.AdminListen || c.ResolvConf != want.ResolvConf || c.Intercept != want.Intercept ||
+		c.Mark != want.Mark || c.ExcludeUID != want.ExcludeUID || c.DrainTimeout != want.DrainTimeout || c.LogFormat != want.LogFormat {
+		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+func TestParseConfigPrecedence(t *testing.T) {
+	e := env(map[string]string{
+		"CONSUL_HTTP_ADDR":  "consul.example:8500",
+		"MESHLET_VIP_CIDR":  "127.88.0.0/16",
+		"MESHLET_SUFFIX":    "Mesh., svc",
+		"MESHLET_INTERCEPT": "false",
+	})
+	c, err := ParseConfig([]string{"--vip-cidr", "127.99.0.0/24"}, e, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Consul != "consul.example:8500" {
+		t.Errorf("Consul = %q, want CONSUL_HTTP_ADDR's value", c.Consul)
+	}
+	if c.VIPCIDR != netip.MustParsePrefix("127.99.0.0/24") {
+		t.Errorf("VIPCIDR = %s, want the flag's value over the variable's", c.VIPCIDR)
+	}
+	if got := strings.Join(c.Suffixes, ","); got != "mesh,svc" {
+		t.Errorf("Suffixes = %q, want mesh,svc", got)
+	}
+	if c.Intercept {
+		t.Error("Intercept = true, want false from MESHLET_INTERCEPT")
+	}
+	c, err = ParseConfig(nil, env(map[string]string{"CONSUL_HTTP_ADDR": "a:1", "MESHLET_CONSUL": "b:2"}), io.Discard)
+	if err != nil || c.Consul != "b:2" {
+		t.Errorf("MESHLET_CONSUL should win over CONSUL_HTTP_ADDR: %q, %v", c.Consul, err)
+	}
+}
+
+func TestParseConfigErrorsNameTheSetting(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--vip-cidr", "10.0.0.0/33"}, nil, "--vip-cidr"},
+		{[]string{"--vip-cidr", "10.0.0.0/16"}, nil, "not inside 127.0.0.0/8"},
+		{[]string{"--vip-cidr", "127.0.0.0/8"}, nil, "contains --dns-listen"},
+		{nil, map[string]string{"MESHLET_VIP_CIDR": "nope"}, "MESHLET_VIP_CIDR"},
+		{[]string{"--dns-listen", "localhost:53"}, nil, "--dns-listen"},
+		{[]string{"--outbound-listen", "127.0.0.1"}, nil, "--outbound-listen"},
+		{[]string{"--admin-listen", ":x"}, nil, "--admin-listen"},
+		{[]string{"--intercept", "maybe"}, nil, "--intercept"},
+		{[]string{"--mark", "0x1ffffffff"}, nil, "--mark"},
+		{[]string{"--mark", "0"}, nil, "--mark: 0 needs --exclude-uid"},
+		{[]string{"--exclude-uid", "-5"}, nil, "--exclude-uid"},
+		{[]string{"--drain-timeout", "soon"}, nil, "--drain-timeout"},
+		{[]string{"--log-level", "loud"}, nil, "--log-level"},
+		{[]string{"--log-format", "xml"}, nil, "--log-format"},
+		{[]string{"--suffix", ", ,"}, nil, "--suffix"},
+		{[]string{"--dns-listen", "10.1.2.3:15053"}, nil, "must be a loopback"},
+		{[]string{"extra"}, nil, "unexpected argument"},
+	}
+	for _, tt := range tests {
+		_, err := ParseConfig(tt.args, env(tt.env), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v %v: error %v, want it to mention %q", tt.args, tt.env, err, tt.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: error is not one line: %q", tt.args, err)
+		}
+	}
+	// --mark 0 is fine with --exclude-uid, and anything goes without interception.
+	if _, err := ParseConfig([]string{"--mark", "0", "--exclude-uid", "1000"}, env(nil), io.Discard); err != nil {
+		t.Errorf("--mark 0 --exclude-uid 1000: %v", err)
+	}
+	if _, err := ParseConfig([]string{"--mark", "0", "--intercept=false"}, env(nil), io.Discard); err != nil {
+		t.Errorf("--mark 0 --intercept=false: %v", err)
+	}
+}

@@ -1,0 +1,352 @@
+// Package meshlab builds the standard meshlet topology on a netlab network:
+// a Consul host, instances of a service registered in Consul with HTTP
+// checks, a DNS host that stands for the app's own resolver, and an app host
+// running meshlet. Tests, the demo and the benchmarks share it.
+package meshlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/integration/netlab"
+)
+
+// Subnet is the lab network. It exists only inside the lab's namespaces.
+var Subnet = netip.MustParsePrefix("10.77.0.0/24")
+
+// Options shape a world.
+type Options struct {
+	Service   string   // service name of the instances; default "web"
+	Instances int      // how many instances to start; default 3
+	Meshlet   []string // extra arguments for `meshlet run` on the app host
+	NoMeshlet bool     // do not start meshlet (the caller starts it)
+}
+
+// World is a running topology.
+type World struct {
+	Bins Binaries
+	Lab  *netlab.Lab
+	Opts Options
+
+	ConsulHost *netlab.Host
+	ConsulProc *netlab.Proc
+	Consul     *api.Client // reaches Consul from inside the Consul host
+
+	DNSHost   *netlab.Host
+	Resolver  *TestResolver
+	App       *netlab.Host
+	AppResolv string // the app's resolv.conf (pointing at DNSHost)
+	Meshlet   *netlab.Proc
+
+	Instances []*Instance
+}
+
+// Instance is one instance of the service.
+type Instance struct {
+	Name string // also its Consul service ID
+	Host *netlab.Host
+	Proc *netlab.Proc
+}
+
+// URL returns the instance's direct URL for path.
+func (i *Instance) URL(path string) string { return fmt.Sprintf("http://%s:8080%s", i.Host.IP, path) }
+
+// Start builds the world. On error everything made so far is removed.
+func Start(ctx context.Context, bins Binaries, opts Options) (w *World, err error) {
+	if opts.Service == "" {
+		opts.Service = "web"
+	}
+	if opts.Instances == 0 {
+		opts.Instances = 3
+	}
+	lab, err := netlab.New(Subnet)
+	if err != nil {
+		return nil, err
+	}
+	w = &World{Bins: bins, Lab: lab, Opts: opts}
+	defer func() {
+		if err != nil {
+			w.Close()
+			w = nil
+		}
+	}()
+
+	if w.ConsulHost, err = lab.AddHost("consul"); err != nil {
+		return w, err
+	}
+	if w.DNSHost, err = lab.AddHost("dns"); err != nil {
+		return w, err
+	}
+	if w.App, err = lab.AddHost("app"); err != nil {
+		return w, err
+	}
+	if err = w.startConsul(ctx); err != nil {
+		return w, err
+	}
+	if w.Resolver, err = StartTestResolver(w.DNSHost); err != nil {
+		return w, err
+	}
+	if w.AppResolv, err = w.App.WriteResolvConf(w.DNSHost.IP); err != nil {
+		return w, err
+	}
+	for i := 1; i <= opts.Instances; i++ {
+		if _, err = w.AddInstance(ctx, fmt.Sprintf("%s-%d", opts.Service, i)); err != nil {
+			return w, err
+		}
+	}
+	if err = w.WaitPassing(ctx, opts.Service, opts.Instances); err != nil {
+		return w, err
+	}
+	if !opts.NoMeshlet {
+		if w.Meshlet, err = w.StartMeshlet(opts.Meshlet...); err != nil {
+			return w, err
+		}
+		if err = w.WaitReady(ctx); err != nil {
+			return w, err
+		}
+	}
+	return w, nil
+}
+
+// ConsulAddr is the address meshlet and others use to reach Consul.
+func (w *World) ConsulAddr() string { return w.ConsulHost.IP.String() + ":8500" }
+
+func (w *World) startConsul(ctx context.Context) error {
+	var err error
+	w.ConsulProc, err = w.ConsulHost.Start("consul", []string{"CHECKPOINT_DISABLE=1"},
+		w.Bins.Consul, "agent", "-dev", "-node", "consul",
+		"-bind", w.ConsulHost.IP.String(), "-client", "0.0.0.0",
+		"-hcl", "disable_update_check = true", "-log-level", "warn")
+	if err != nil {
+		return err
+	}
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = w.ConsulAddr()
+	cfg.Transport.DialContext = w.ConsulHost.DialContext
+	cfg.Transport.Proxy = nil
+	if w.Consul, err = api.NewClient(cfg); err != nil {
+		return err
+	}
+	return poll(ctx, 60*time.Second, "consul to elect itself leader", func() error {
+		select {
+		case <-w.ConsulProc.Done():
+			return errStop{fmt.Errorf("consul exited: %s", tail(w.ConsulProc.Output()))}
+		default:
+		}
+		leader, err := w.Consul.Status().Leader()
+		if err != nil {
+			return err
+		}
+		if leader == "" {
+			return errors.New("no leader yet")
+		}
+		return nil
+	})
+}
+
+// AddInstance starts one more instance in a host of its own and registers it
+// in Consul with an HTTP check every second.
+func (w *World) AddInstance(ctx context.Context, name string) (*Instance, error) {
+	h, err := w.Lab.AddHost(name)
+	if err != nil {
+		return nil, err
+	}
+	p, err := h.Start("webinstance", nil, w.Bins.WebInstance, "-listen", ":8080", "-name", name)
+	if err != nil {
+		return nil, err
+	}
+	inst := &Instance{Name: name, Host: h, Proc: p}
+	w.Instances = append(w.Instances, inst)
+	return inst, w.Register(inst)
+}
+
+// Register (re-)registers an instance in Consul.
+func (w *World) Register(inst *Instance) error {
+	reg := &api.AgentServiceRegistration{
+		ID:      inst.Name,
+		Name:    w.Opts.Service,
+		Address: inst.Host.IP.String(),
+		Port:    8080,
+		Check: &api.AgentServiceCheck{
+			CheckID:  "check-" + inst.Name,
+			HTTP:     inst.URL("/health"),
+			Interval: "1s",
+			Timeout:  "1s",
+		},
+	}
+	if err := w.Consul.Agent().ServiceRegister(reg); err != nil {
+		return fmt.Errorf("registering %s: %w", inst.Name, err)
+	}
+	return nil
+}
+
+// WaitPassing waits until service has exactly n passing instances.
+func (w *World) WaitPassing(ctx context.Context, service string, n int) error {
+	return poll(ctx, 30*time.Second, fmt.Sprintf("%d passing instances of %s", n, service), func() error {
+		entries, _, err := w.Consul.Health().Service(service, "", true, nil)
+		if err != nil {
+			return err
+		}
+		if len(entries) != n {
+			return fmt.Errorf("%d passing", len(entries))
+		}
+		return nil
+	})
+}
+
+// StartMeshlet starts `meshlet run` on the app host, pointed at the lab's
+// Consul and the app's resolv.conf.
+func (w *World) StartMeshlet(extra ...string) (*netlab.Proc, error) {
+	args := append([]string{w.Bins.Meshlet, "run",
+		"--consul", w.ConsulAddr(),
+		"--resolv-conf", w.AppResolv,
+		"--log-level", "debug",
+	}, extra...)
+	return w.App.Start("meshlet", nil, args...)
+}
+
+// AdminGet fetches a path from meshlet's admin server on the app host.
+func (w *World) AdminGet(ctx context.Context, path string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15000"+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := w.App.HTTPClient(5 * time.Second).Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// WaitReady waits for meshlet's /readyz on the app host.
+func (w *World) WaitReady(ctx context.Context) error {
+	return poll(ctx, 30*time.Second, "meshlet to be ready", func() error {
+		if w.Meshlet != nil {
+			select {
+			case <-w.Meshlet.Done():
+				return errStop{fmt.Errorf("meshlet exited: %s", tail(w.Meshlet.Output()))}
+			default:
+			}
+		}
+		code, body, err := w.AdminGet(ctx, "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("readyz %d: %s", code, strings.TrimSpace(body))
+		}
+		return nil
+	})
+}
+
+// Curl runs curl in the app host, the way an unchanged app would make a
+// request, and returns its standard output.
+func (w *World) Curl(ctx context.Context, args ...string) (string, error) {
+	return w.App.Run(ctx, "curl", append([]string{"-sS", "--max-time", "5", "--noproxy", "*"}, args...)...)
+}
+
+// Close removes the world.
+func (w *World) Close() error {
+	if w == nil || w.Lab == nil {
+		return nil
+	}
+	return w.Lab.Close()
+}
+
+// errStop ends a poll at once.
+type errStop struct{ error }
+
+func poll(ctx context.Context, limit time.Duration, what string, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var last error
+	for {
+		last = f()
+		if last == nil {
+			return nil
+		}
+		var stop errStop
+		if errors.As(last, &stop) {
+			return fmt.Errorf("waiting for %s: %w", what, stop.error)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w (last: %v)", what, ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func tail(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Binaries are the programs a world runs.
+type Binaries struct {
+	Meshlet, Consul, WebInstance string
+}
+
+// Build compiles meshlet and the test web instance into dir, and finds
+// Consul: $MESHLET_CONSUL_BIN, or the project's scripts/consul.sh (which
+// builds it once and caches it).
+func Build(ctx context.Context, dir string) (Binaries, error) {
+	root, err := repoRoot(ctx)
+	if err != nil {
+		return Binaries{}, err
+	}
+	b := Binaries{
+		Meshlet:     filepath.Join(dir, "meshlet"),
+		WebInstance: filepath.Join(dir, "webinstance"),
+	}
+	for out, pkg := range map[string]string{b.Meshlet: ".", b.WebInstance: "./integration/testbin/webinstance"} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if o, err := cmd.CombinedOutput(); err != nil {
+			return b, fmt.Errorf("building %s: %w: %s", pkg, err, o)
+		}
+	}
+	b.Consul = os.Getenv("MESHLET_CONSUL_BIN")
+	if b.Consul == "" {
+		cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "consul.sh"))
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return b, fmt.Errorf("getting consul with scripts/consul.sh: %w", err)
+		}
+		b.Consul = strings.TrimSpace(string(out))
+	}
+	if _, err := os.Stat(b.Consul); err != nil {
+		return b, fmt.Errorf("consul binary: %w", err)
+	}
+	return b, nil
+}
+
+func repoRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("finding the repository: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("finding the repository: not inside the meshlet module")
+	}
+	return filepath.Dir(mod), nil
+}
