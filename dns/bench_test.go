@@ -1,0 +1,66 @@
+package dns
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// discardWriter is the cheapest ResponseWriter that still packs the reply,
+// as the real one does, so the benchmark counts the whole answer.
+type discardWriter struct {
+	recorder
+	packed int
+}
+
+func (w *discardWriter) WriteMsg(m *mdns.Msg) error {
+	b, err := m.Pack()
+	w.packed = len(b)
+	return err
+}
+
+func BenchmarkServeDNSMesh(b *testing.B) {
+	s, err := NewServer(testConfig(newFakeServicesNoRecord(), "127.0.0.1:53"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := question("web.local.", mdns.TypeA)
+	w := &discardWriter{recorder: *newRecorder("udp")}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.ServeDNS(w, q)
+	}
+	if w.packed == 0 {
+		b.Fatal("nothing written")
+	}
+}
+
+func BenchmarkServeDNSMeshUDP(b *testing.B) {
+	s := startServer(b, testConfig(newFakeServicesNoRecord(), "127.0.0.1:53"))
+	conn, err := net.Dial("udp", s.UDPAddr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	query, err := question("web.local.", mdns.TypeA).Pack()
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 512)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := conn.Write(query); err != nil {
+			b.Fatal(err)
+		}
+		n, err := conn.Read(buf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n < headerLen || buf[3]&0x0f != mdns.RcodeSuccess {
+			b.Fatalf("bad reply of %d bytes", n)
+		}
+	}
+}

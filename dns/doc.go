@@ -1,0 +1,28 @@
+// Package dns is the DNS server the application's queries are redirected to.
+//
+// Names under a mesh suffix (NAME.local., NAME.service.consul.) are answered
+// here with the virtual IP of service NAME, asked from a [Services]
+// implementation. Every other name is forwarded unchanged to the resolvers the
+// application had before (see [ReadResolvConf]), over the transport the query
+// came in on, and the first reply is written back byte for byte.
+//
+// Choices made where the DNS leaves room, so that callers can rely on them:
+//
+//   - NAME.SUFFIX. with one label before the suffix is service NAME (matched
+//     case-insensitively, answered with the owner name exactly as asked).
+//     A names VIP; any other type of an existing service is NOERROR with no
+//     data. A service that does not exist is NXDOMAIN for every type.
+//   - Names with more labels (TAG.NAME.SUFFIX.) are NXDOMAIN until tags are
+//     supported, and so is a label that cannot be a service name (anything
+//     but letters, digits, '-' and '_', e.g. escaped bytes).
+//   - The bare suffix (local.) exists: an SOA question gets the synthetic SOA
+//     as answer, every other type gets NOERROR with no data.
+//   - Negative answers (NXDOMAIN, no data) carry a synthetic SOA of the
+//     suffix zone in the authority section whose minimum is the mesh TTL, so
+//     resolvers cache them only briefly.
+//   - A mesh name asked in a class other than IN is REFUSED: the zone exists
+//     for IN only, and REFUSED tells a resolver not to retry it here.
+//   - Opcodes other than QUERY are NOTIMP and are not forwarded.
+//   - A message with zero or several questions is FORMERR.
+//   - The services lookup failing is SERVFAIL; so is every upstream failing.
+package dns

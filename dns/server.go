@@ -1,0 +1,216 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+
+	mdns "github.com/miekg/dns"
+)
+
+// udpReadSize is the largest query the UDP listener reads; bigger datagrams
+// are cut and answered FORMERR. Queries are far smaller in practice.
+const udpReadSize = 4096
+
+var errInvalidVIP = errors.New("services reported the service found but gave no valid VIP")
+
+// Server answers mesh names and forwards all others. It is started once with
+// Start and stopped with Shutdown; ServeDNS can also be driven directly.
+type Server struct {
+	cfg   Config
+	zones []meshZone // longest suffix first
+	names []string   // zones[i].suffix, for classifyName
+	log   *slog.Logger
+
+	// ctx lives as long as the server: LookupVIP gets it, and forwarding
+	// in flight stops when Shutdown cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	replyBufs sync.Pool // *[]byte of maxMsgLen, for upstream replies
+
+	mu      sync.Mutex
+	started bool
+	stopped bool
+	udp     *mdns.Server
+	tcp     *mdns.Server
+}
+
+// NewServer checks cfg, naming the field at fault, and fills in defaults.
+func NewServer(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("new dns server: %w", err)
+	}
+	suffixes := append([]string(nil), cfg.Suffixes...)
+	// Longest first, so that "service.consul" is tried before "consul".
+	sort.SliceStable(suffixes, func(i, j int) bool { return len(suffixes[i]) > len(suffixes[j]) })
+	s := &Server{cfg: cfg, names: suffixes, log: cfg.Logger}
+	for _, sfx := range suffixes {
+		s.zones = append(s.zones, newMeshZone(sfx, cfg.TTL))
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.replyBufs.New = func() any {
+		b := make([]byte, maxMsgLen)
+		return &b
+	}
+	return s, nil
+}
+
+// Start binds UDP and TCP on cfg.Listen and returns once both serve.
+// When cfg.Listen has port 0, TCP takes the port UDP got if it is free.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started || s.stopped {
+		return fmt.Errorf("starting dns server on %s: already started", s.cfg.Listen)
+	}
+	pc, err := net.ListenPacket("udp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("binding dns udp on %s: %w", s.cfg.Listen, err)
+	}
+	ln, err := listenTCPBeside(pc.LocalAddr(), s.cfg.Listen)
+	if err != nil {
+		_ = pc.Close()
+		return err
+	}
+	udp := &mdns.Server{PacketConn: pc, Handler: s, UDPSize: udpReadSize}
+	tcp := &mdns.Server{Listener: ln, Handler: s}
+	if err := s.activate(udp, "udp"); err != nil {
+		_ = pc.Close()
+		_ = ln.Close()
+		return err
+	}
+	if err := s.activate(tcp, "tcp"); err != nil {
+		_ = udp.Shutdown()
+		_ = ln.Close()
+		return err
+	}
+	s.udp, s.tcp = udp, tcp
+	s.started = true
+	s.log.Info("dns server listening", "udp", pc.LocalAddr().String(), "tcp", ln.Addr().String(),
+		"suffixes", s.names, "upstreams", s.cfg.Upstreams)
+	return nil
+}
+
+// listenTCPBeside binds TCP on listen, or, when listen asks for any port,
+// on the port UDP got so one address serves both, falling back to any
+// port when another socket holds that one.
+func listenTCPBeside(udpAddr net.Addr, listen string) (net.Listener, error) {
+	want, err := netip.ParseAddrPort(listen)
+	if err == nil && want.Port() == 0 {
+		if u, ok := udpAddr.(*net.UDPAddr); ok {
+			same := netip.AddrPortFrom(want.Addr(), uint16(u.Port)).String()
+			if ln, err := net.Listen("tcp", same); err == nil {
+				return ln, nil
+			}
+		}
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("binding dns tcp on %s: %w", listen, err)
+	}
+	return ln, nil
+}
+
+// activate runs srv in the background and returns once it serves, or with
+// the error that stopped it from serving.
+func (s *Server) activate(srv *mdns.Server, network string) error {
+	started := make(chan struct{})
+	failed := make(chan error, 1)
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() {
+		err := srv.ActivateAndServe()
+		if err != nil {
+			s.log.Error("dns server stopped serving", "network", network, "error", err)
+		}
+		failed <- err
+	}()
+	select {
+	case <-started:
+		return nil
+	case err := <-failed:
+		return fmt.Errorf("serving dns %s on %s: %w", network, s.cfg.Listen, err)
+	}
+}
+
+// UDPAddr returns the address the UDP socket is bound to, nil before Start.
+func (s *Server) UDPAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.udp == nil {
+		return nil
+	}
+	return s.udp.PacketConn.LocalAddr()
+}
+
+// TCPAddr returns the address the TCP socket is bound to, nil before Start.
+func (s *Server) TCPAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tcp == nil {
+		return nil
+	}
+	return s.tcp.Listener.Addr()
+}
+
+// Shutdown stops listening and waits for queries in flight until ctx ends;
+// then it cancels whatever is still forwarding. It is safe to call more than
+// once and before Start. The server cannot be started again.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	udp, tcp := s.udp, s.tcp
+	running := s.started && !s.stopped
+	s.stopped = true
+	s.mu.Unlock()
+	defer s.cancel()
+	if !running {
+		return nil
+	}
+	// Both at once, so a slow TCP client does not eat the UDP side's time.
+	servers := []*mdns.Server{udp, tcp}
+	errs := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, srv := range servers {
+		wg.Go(func() { errs[i] = srv.ShutdownContext(ctx) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("shutting down dns server on %s: %w", s.cfg.Listen, err)
+	}
+	return nil
+}
+
+// ServeDNS answers one query; it is the handler both listeners use.
+func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
+	if r.Response {
+		// A reply sent to us is noise, and answering could loop.
+		return
+	}
+	if len(r.Question) != 1 {
+		s.write(w, newReply(r, mdns.RcodeFormatError))
+		return
+	}
+	if r.Opcode != mdns.OpcodeQuery {
+		s.write(w, newReply(r, mdns.RcodeNotImplemented))
+		return
+	}
+	kind, zone, service := classifyName(r.Question[0].Name, s.names)
+	if kind == notMesh {
+		s.forward(w, r)
+		return
+	}
+	s.answerMesh(w, r, kind, zone, service)
+}
+
+// write sends m, logging at debug only: a client gone away is routine.
+func (s *Server) write(w mdns.ResponseWriter, m *ownReply) {
+	if err := w.WriteMsg(&m.msg); err != nil && s.log.Enabled(s.ctx, slog.LevelDebug) {
+		s.log.LogAttrs(s.ctx, slog.LevelDebug, "writing dns reply", slog.String("error", err.Error()))
+	}
+}
