@@ -148,17 +148,19 @@ func TestUnhealthyAndKilledInstancesLeaveRotation(t *testing.T) {
 	vip := resolveVIP(t, w, "web.local")
 	sick, dead := w.Instances[1], w.Instances[2]
 
+	// Load runs across the change: 100 requests/s for 6 s.
+	hitsc := make(chan []hit, 1)
+	go func() { hitsc <- load(ctx, w, vip, 600, 10*time.Millisecond) }()
+	time.Sleep(time.Second)
+
 	// Turn web-2's probe failing and note when Consul says critical.
-	if _, err := w.App.Run(ctx, "true"); err != nil {
-		t.Fatal(err)
-	}
 	resp, err := w.ConsulHost.HTTPClient(5*time.Second).Post(sick.URL("/admin/health?state=fail"), "text/plain", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	var critical time.Time
-	for critical.IsZero() {
+	for critical.IsZero() && ctx.Err() == nil {
 		checks, _, err := w.Consul.Health().Checks("web", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -168,30 +170,30 @@ func TestUnhealthyAndKilledInstancesLeaveRotation(t *testing.T) {
 				critical = time.Now()
 			}
 		}
-		if ctx.Err() != nil {
-			t.Fatal("check never went critical")
-		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	hits := load(ctx, w, vip, 300, 10*time.Millisecond) // 3 s
+	if critical.IsZero() {
+		t.Fatal("check never went critical")
+	}
+	hits := <-hitsc
 	var last time.Time
 	for _, h := range hits {
 		if h.instance == sick.Name {
 			last = h.at
 		}
 	}
-	t.Logf("after the check went critical: %v; last request on %s %v after", countBy(hits), sick.Name, last.Sub(critical).Round(time.Millisecond))
-	if !last.IsZero() && last.Sub(critical) > 2*time.Second {
+	t.Logf("while %s's check went critical: %v; its last request came %v after Consul showed critical (polled every 10 ms; negative: before)",
+		sick.Name, countBy(hits), last.Sub(critical).Round(time.Millisecond))
+	if last.Sub(critical) > 2*time.Second {
 		t.Errorf("%s still got traffic %v after its check went critical", sick.Name, last.Sub(critical))
 	}
-	if c := countBy(hits); c["error"] > 0 || c[dead.Name] == 0 {
-		t.Errorf("before the kill: %v; want no errors and the other instances serving", c)
+	if c := countBy(hits); c["error"] > 0 || c[sick.Name] == 0 || c[dead.Name] == 0 {
+		t.Errorf("before the kill: %v; want no errors and every instance served before its turn", c)
 	}
 
 	// Kill web-3 outright, keep sending: nothing fails (a failed dial is
 	// retried on another instance) and after Consul notices it gets nothing.
 	dead.Proc.Kill()
-	killed := time.Now()
 	hits = load(ctx, w, vip, 400, 10*time.Millisecond) // 4 s
 	c := countBy(hits)
 	t.Logf("after killing %s: %v", dead.Name, c)
@@ -200,7 +202,9 @@ func TestUnhealthyAndKilledInstancesLeaveRotation(t *testing.T) {
 			t.Errorf("%d requests ended as %q; want all on %s", n, k, w.Instances[0].Name)
 		}
 	}
-	_ = killed
+	if err := w.WaitPassing(ctx, "web", 1); err != nil {
+		t.Error(err)
+	}
 }
 
 // Traffic to a service with no healthy instance gets a fast 503 with a

@@ -31,6 +31,10 @@ type Options struct {
 	Instances int      // how many instances to start; default 3
 	Meshlet   []string // extra arguments for `meshlet run` on the app host
 	NoMeshlet bool     // do not start meshlet (the caller starts it)
+	// PersistentConsul runs Consul as a one-node server with a data
+	// directory instead of -dev, so registrations survive StopConsul and
+	// StartConsul (it takes a few seconds longer to elect itself).
+	PersistentConsul bool
 }
 
 // World is a running topology.
@@ -122,21 +126,39 @@ func Start(ctx context.Context, bins Binaries, opts Options) (w *World, err erro
 // ConsulAddr is the address meshlet and others use to reach Consul.
 func (w *World) ConsulAddr() string { return w.ConsulHost.IP.String() + ":8500" }
 
+// StopConsul kills the Consul agent at once, as a crash or a cut-off would.
+func (w *World) StopConsul() {
+	if w.ConsulProc != nil {
+		w.ConsulProc.Kill()
+	}
+}
+
+// StartConsul starts the Consul agent again after StopConsul and waits for
+// it to lead. Without Options.PersistentConsul it comes back empty.
+func (w *World) StartConsul(ctx context.Context) error { return w.startConsul(ctx) }
+
 func (w *World) startConsul(ctx context.Context) error {
-	var err error
-	w.ConsulProc, err = w.ConsulHost.Start("consul", []string{"CHECKPOINT_DISABLE=1"},
-		w.Bins.Consul, "agent", "-dev", "-node", "consul",
+	args := []string{w.Bins.Consul, "agent", "-node", "consul",
 		"-bind", w.ConsulHost.IP.String(), "-client", "0.0.0.0",
-		"-hcl", "disable_update_check = true", "-log-level", "warn")
+		"-hcl", "disable_update_check = true", "-log-level", "warn"}
+	if w.Opts.PersistentConsul {
+		args = append(args, "-server", "-bootstrap-expect", "1", "-data-dir", filepath.Join(w.Lab.Dir(), "consul-data"))
+	} else {
+		args = append(args, "-dev")
+	}
+	var err error
+	w.ConsulProc, err = w.ConsulHost.Start("consul", []string{"CHECKPOINT_DISABLE=1"}, args...)
 	if err != nil {
 		return err
 	}
-	cfg := api.DefaultNonPooledConfig()
-	cfg.Address = w.ConsulAddr()
-	cfg.Transport.DialContext = w.ConsulHost.DialContext
-	cfg.Transport.Proxy = nil
-	if w.Consul, err = api.NewClient(cfg); err != nil {
-		return err
+	if w.Consul == nil {
+		cfg := api.DefaultNonPooledConfig()
+		cfg.Address = w.ConsulAddr()
+		cfg.Transport.DialContext = w.ConsulHost.DialContext
+		cfg.Transport.Proxy = nil
+		if w.Consul, err = api.NewClient(cfg); err != nil {
+			return err
+		}
 	}
 	return poll(ctx, 60*time.Second, "consul to elect itself leader", func() error {
 		select {

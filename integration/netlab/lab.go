@@ -49,7 +49,9 @@ func New(subnet netip.Prefix) (*Lab, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
-	id := hex.EncodeToString(b[:])
+	// The creator's pid is part of every name, so Sweep can tell a dead
+	// lab's namespaces from those of a lab that is still running.
+	id := fmt.Sprintf("%d-%s", os.Getpid(), hex.EncodeToString(b[:]))
 	dir, err := os.MkdirTemp("", "meshlet-lab-"+id+"-")
 	if err != nil {
 		return nil, err
@@ -162,7 +164,8 @@ func (l *Lab) Close() error {
 }
 
 // Sweep deletes namespaces left by labs whose process died without Close.
-// Only namespaces with our Prefix are touched.
+// Only namespaces with our Prefix and the pid of a process that is gone are
+// touched, so labs of other running tests are left alone.
 func Sweep() error {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -173,6 +176,10 @@ func Sweep() error {
 		f := strings.Fields(line)
 		if len(f) == 0 || !strings.HasPrefix(f[0], Prefix) {
 			continue
+		}
+		pid, _, _ := strings.Cut(strings.TrimPrefix(f[0], Prefix), "-")
+		if _, err := os.Stat("/proc/" + pid); err == nil || pid == "" {
+			continue // its lab is still running
 		}
 		// Kill whatever still runs inside before deleting it.
 		if pids, err := exec.Command("ip", "netns", "pids", f[0]).Output(); err == nil {
