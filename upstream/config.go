@@ -1,0 +1,116 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Defaults for the zero values of [Config].
+const (
+	DefaultDialTimeout        = 5 * time.Second
+	DefaultFirstAnswerTimeout = 5 * time.Second
+	DefaultWaitTime           = 5 * time.Minute
+	DefaultSniffTimeout       = 300 * time.Millisecond
+	DefaultRetryBase          = 250 * time.Millisecond
+	DefaultRetryMax           = 30 * time.Second
+)
+
+// Config is what a [Mesh] needs. Zero values take the defaults above.
+type Config struct {
+	// Consul is the client for the catalog and health watches. Required.
+	Consul *api.Client
+
+	// Dialer opens the connections to instances; the agent's carries the
+	// socket mark that keeps them out of the interception rules. Nil means
+	// a plain dialer with a DefaultDialTimeout timeout.
+	Dialer *net.Dialer
+
+	// Logger receives the package's logs. Nil discards them.
+	Logger *slog.Logger
+
+	// FirstAnswerTimeout is how long a request waits for the first Consul
+	// answer of a service whose watch has just started, so that the first
+	// connection after a DNS lookup does not fail for want of instances.
+	FirstAnswerTimeout time.Duration
+
+	// WaitTime is the longest a blocking query waits for a change.
+	WaitTime time.Duration
+
+	// SniffTimeout is how long ServeConn waits for the app's first bytes to
+	// tell HTTP from other TCP. Protocols where the server speaks first send
+	// nothing, so they are proxied as TCP once it has passed.
+	SniffTimeout time.Duration
+
+	// RetryBackoff returns how long a watch waits before its next query
+	// after attempt consecutive failures (attempt starts at 1). Nil means
+	// FullJitter(DefaultRetryBase, DefaultRetryMax).
+	RetryBackoff func(attempt int) time.Duration
+
+	// NewSelector makes the balancer of one service; each service gets its
+	// own so that their counters do not interfere. Nil means NewRoundRobin.
+	NewSelector func() Selector
+}
+
+// FullJitter returns a backoff that waits a uniformly random time between
+// zero and base·2^(attempt-1), capped at max, so that many sidecars that lost
+// Consul at the same moment do not come back in lockstep.
+func FullJitter(base, max time.Duration) func(attempt int) time.Duration {
+	return func(attempt int) time.Duration {
+		ceiling := max
+		if attempt < 1 {
+			attempt = 1
+		}
+		// Shifting past 62 bits would overflow; the cap is reached long before.
+		if attempt <= 62 {
+			if d := base << (attempt - 1); d > 0 && d < max {
+				ceiling = d
+			}
+		}
+		if ceiling <= 0 {
+			return 0
+		}
+		return rand.N(ceiling + 1)
+	}
+}
+
+// withDefaults checks cfg and fills in its zero values.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.Consul == nil {
+		return cfg, errors.New("upstream config: Consul client is required")
+	}
+	for _, d := range []struct {
+		name  string
+		value *time.Duration
+		def   time.Duration
+	}{
+		{"FirstAnswerTimeout", &cfg.FirstAnswerTimeout, DefaultFirstAnswerTimeout},
+		{"WaitTime", &cfg.WaitTime, DefaultWaitTime},
+		{"SniffTimeout", &cfg.SniffTimeout, DefaultSniffTimeout},
+	} {
+		if *d.value < 0 {
+			return cfg, fmt.Errorf("upstream config: %s is negative (%v)", d.name, *d.value)
+		}
+		if *d.value == 0 {
+			*d.value = d.def
+		}
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{Timeout: DefaultDialTimeout}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RetryBackoff == nil {
+		cfg.RetryBackoff = FullJitter(DefaultRetryBase, DefaultRetryMax)
+	}
+	if cfg.NewSelector == nil {
+		cfg.NewSelector = func() Selector { return NewRoundRobin() }
+	}
+	return cfg, nil
+}

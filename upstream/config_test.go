@@ -1,0 +1,64 @@
+package upstream
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+func TestConfigDefaultsAndValidation(t *testing.T) {
+	client, err := api.NewClient(&api.Config{Address: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{}); err == nil || !strings.Contains(err.Error(), "Consul") {
+		t.Errorf("New without a Consul client = %v, want an error naming it", err)
+	}
+	if _, err := New(Config{Consul: client, SniffTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "SniffTimeout") {
+		t.Errorf("New with a negative SniffTimeout = %v, want an error naming it", err)
+	}
+	cfg, err := Config{Consul: client}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.FirstAnswerTimeout != 5*time.Second || cfg.WaitTime != 5*time.Minute || cfg.SniffTimeout != 300*time.Millisecond ||
+		cfg.Dialer == nil || cfg.Dialer.Timeout != 5*time.Second || cfg.Logger == nil || cfg.RetryBackoff == nil || cfg.NewSelector == nil {
+		t.Errorf("defaults = %+v", cfg)
+	}
+	d := &net.Dialer{}
+	if cfg, _ := (Config{Consul: client, Dialer: d}).withDefaults(); cfg.Dialer != d {
+		t.Error("the given dialer was replaced")
+	}
+}
+
+func TestFullJitterStaysUnderItsCeiling(t *testing.T) {
+	backoff := FullJitter(250*time.Millisecond, 30*time.Second)
+	for _, tc := range []struct {
+		attempt int
+		ceiling time.Duration
+	}{
+		{0, 250 * time.Millisecond},
+		{1, 250 * time.Millisecond},
+		{2, 500 * time.Millisecond},
+		{5, 4 * time.Second},
+		{8, 30 * time.Second},
+		{100, 30 * time.Second},
+		{1 << 30, 30 * time.Second},
+	} {
+		var highest time.Duration
+		for range 2000 {
+			d := backoff(tc.attempt)
+			if d < 0 || d > tc.ceiling {
+				t.Fatalf("attempt %d: %v outside [0, %v]", tc.attempt, d, tc.ceiling)
+			}
+			highest = max(highest, d)
+		}
+		// Full jitter spreads over the whole range, not just near zero.
+		if highest < tc.ceiling/2 {
+			t.Errorf("attempt %d: highest of 2000 draws %v, want near %v", tc.attempt, highest, tc.ceiling)
+		}
+	}
+}
