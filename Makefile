@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONSUL = $(shell scripts/consul.sh)
 
-.PHONY: demo test deps build unit integration
+.PHONY: demo test deps build unit integration bench
 
 demo: deps
 	MESHLET_CONSUL_BIN=$(CONSUL) go run ./integration/demo $(DEMO_ARGS)
@@ -23,3 +23,7 @@ unit:
 integration: deps
 	MESHLET_CONSUL_BIN=$(CONSUL) go test -count=1 -timeout 30m -v ./integration/
 
+
+# Benchmarks side by side (see BENCHMARKS.md); not part of `make test`.
+bench: deps
+	MESHLET_CONSUL_BIN=$(CONSUL) bench/run.sh $(BENCH_ARGS)
