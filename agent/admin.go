@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/meshlet/meshlet/agent/registration"
 )
 
 // startAdmin binds the admin listener and serves /healthz, /readyz and
@@ -71,11 +73,16 @@ type state struct {
 	Ready    bool           `json:"ready"`
 	NotReady []string       `json:"not_ready,omitempty"`
 	Services []stateService `json:"services"`
+	// Registrations are the app's own services, as meshlet registers them.
+	Registrations []registration.State `json:"registrations"`
 }
 
 func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
 	why := a.notReady()
-	st := state{Ready: len(why) == 0, NotReady: why, Services: []stateService{}}
+	st := state{Ready: len(why) == 0, NotReady: why, Services: []stateService{}, Registrations: []registration.State{}}
+	if a.registrar != nil {
+		st.Registrations = a.registrar.States()
+	}
 	for name, addr := range a.vips.Snapshot() {
 		s := stateService{Name: name, VIP: addr.String(), Endpoints: []string{}}
 		for _, e := range a.mesh.Endpoints(name) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshlet/meshlet/agent/registration"
 	"github.com/meshlet/meshlet/dns"
 	"github.com/meshlet/meshlet/intercept"
 	"github.com/meshlet/meshlet/upstream"
@@ -31,7 +32,8 @@ type Agent struct {
 
 	dnsServer *dns.Server
 	outbound  net.Listener
-	rules     *intercept.Manager // nil without --intercept
+	rules     *intercept.Manager      // nil without --intercept
+	registrar *registration.Registrar // nil for a pure client sidecar
 
 	listening atomic.Bool // DNS and outbound listeners bound
 	rulesUp   atomic.Bool // rules installed (or not wanted)
@@ -40,10 +42,13 @@ type Agent struct {
 }
 
 // Run starts meshlet and blocks until ctx is cancelled (the first SIGTERM),
-// then drains: it stops accepting, lets in-flight requests finish until the
-// drain timeout or until hardStop is closed (a second signal), removes the
-// rules and returns. Start-up errors name the setting at fault, and leave no
-// rule behind.
+// then stops in the order that keeps both the app's callers and the app
+// itself from noticing: it turns the app's check critical, keeps serving
+// for the drain period while callers stop choosing the app, deregisters
+// it, stops accepting, lets in-flight requests finish until the drain
+// timeout, removes the rules and returns. Closing hardStop (a second
+// signal) skips what is left of both waits. Start-up errors name the
+// setting at fault, and leave no rule behind.
 func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
 	a := &Agent{cfg: cfg, log: log}
 	if a.vips, err = vip.NewTable(cfg.VIPCIDR); err != nil {
@@ -73,6 +78,18 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	a.mesh, err = upstream.New(upstream.Config{Consul: consul, Dialer: dialer, Logger: log.With("part", "upstream")})
 	if err != nil {
 		return fmt.Errorf("starting upstream: %w", err)
+	}
+	if len(cfg.Services) > 0 {
+		a.registrar, err = registration.New(registration.Config{
+			Consul:       consul.Agent(),
+			Services:     cfg.Services,
+			Address:      cfg.Advertise,
+			ExcludePorts: []uint16{cfg.DNSListen.Port(), cfg.OutboundListen.Port(), cfg.AdminListen.Port()},
+			Logger:       log.With("part", "registration"),
+		})
+		if err != nil {
+			return fmt.Errorf("starting registration: %w", err)
+		}
 	}
 
 	// The admin server comes first, so /readyz can tell why the rest is not
@@ -126,11 +143,26 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		defer close(acceptDone)
 		a.acceptOutbound(runCtx)
 	}()
+	// Registration starts once meshlet can serve, and never holds up the
+	// app's own traffic: it retries in the background while Consul is away.
+	regCtx, stopReg := context.WithCancel(context.Background())
+	defer stopReg()
+	regDone := make(chan struct{})
+	if a.registrar != nil {
+		go func() {
+			defer close(regDone)
+			a.registrar.Run(regCtx)
+		}()
+	} else {
+		close(regDone)
+	}
 	log.Info("meshlet started", "dns", cfg.DNSListen, "outbound", cfg.OutboundListen, "admin", cfg.AdminListen,
-		"consul", cfg.Consul, "suffixes", cfg.Suffixes, "vip_cidr", cfg.VIPCIDR, "intercept", cfg.Intercept)
+		"consul", cfg.Consul, "suffixes", cfg.Suffixes, "vip_cidr", cfg.VIPCIDR, "intercept", cfg.Intercept,
+		"registers", len(cfg.Services), "advertise", cfg.Advertise)
 
 	<-ctx.Done()
 	a.stopping.Store(true)
+	a.leaveConsul(hardStop, stopReg, regDone)
 	log.Info("stopping: draining in-flight requests", "drain_timeout", cfg.DrainTimeout)
 	a.outbound.Close()
 	<-acceptDone
@@ -151,6 +183,42 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	a.conns.Wait()
 	log.Info("stopped")
 	return nil
+}
+
+// leaveConsul takes the app out of Consul in two steps: its check turns
+// critical, so callers' blocking queries drop it within milliseconds while
+// meshlet (and so the app's outbound traffic) keeps working; then, after
+// the drain period, the registration goes. Consul being away makes this
+// no slower than the call timeouts: the TTL and DeregisterAfter are the
+// backstop then.
+func (a *Agent) leaveConsul(hardStop <-chan struct{}, stopReg context.CancelFunc, regDone <-chan struct{}) {
+	if a.registrar == nil {
+		return
+	}
+	registered := a.registrar.Registered()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	err := a.registrar.MarkCritical(ctx, "meshlet is stopping: draining before deregistration")
+	cancel()
+	if err != nil {
+		a.log.Warn("could not mark the app critical in consul", "err", err)
+	}
+	if registered && a.cfg.DrainPeriod > 0 {
+		a.log.Info("stopping: the app's check is critical; waiting for callers to stop choosing it", "drain_period", a.cfg.DrainPeriod)
+		t := time.NewTimer(a.cfg.DrainPeriod)
+		select {
+		case <-t.C:
+		case <-hardStop:
+			a.log.Info("second signal: skipping the rest of the drain")
+		}
+		t.Stop()
+	}
+	stopReg()
+	<-regDone
+	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := a.registrar.Deregister(ctx); err != nil {
+		a.log.Warn("could not deregister the app; consul will remove it once its check has been critical long enough", "err", err)
+	}
 }
 
 func shutdownDNS(s *dns.Server) {

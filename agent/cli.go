@@ -18,6 +18,11 @@ const usage = `meshlet: a sidecar that gives an unchanged app service discovery 
 
 Usage:
   meshlet run [flags]                      run the sidecar (flags: meshlet run -h)
+  meshlet health [--admin-listen A] [--timeout D]
+                                           exit 0 if the sidecar is ready, else 1 with the reason
+                                           (a compose healthcheck for images without curl)
+  meshlet wait [--admin-listen A] [--timeout D]
+                                           block until the sidecar is ready (for an app's entrypoint)
   meshlet intercept install|remove|show [flags]
                                            manage the iptables rules alone (e.g. from an init container);
                                            takes the same flags as run
@@ -36,6 +41,10 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	switch args[0] {
 	case "run":
 		return runCommand(args[1:], getenv, stderr)
+	case "health":
+		return healthCommand(args[1:], getenv, stdout, stderr)
+	case "wait":
+		return waitCommand(args[1:], getenv, stdout, stderr)
 	case "intercept":
 		return interceptCommand(args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
@@ -56,6 +65,13 @@ func runCommand(args []string, getenv func(string) string, stderr io.Writer) int
 		return 0
 	}
 	if err != nil {
+		fmt.Fprintf(stderr, "meshlet: %v\n", err)
+		return 2
+	}
+	// SERVICE_<port>_NAME and friends have names not known in advance, so
+	// they are enumerated from the process environment rather than asked
+	// of getenv.
+	if err := cfg.LoadRegistration(os.Environ(), hostname(getenv)); err != nil {
 		fmt.Fprintf(stderr, "meshlet: %v\n", err)
 		return 2
 	}
@@ -130,6 +146,17 @@ func interceptCommand(args []string, getenv func(string) string, stdout, stderr 
 		return 1
 	}
 	return 0
+}
+
+// hostname makes default service IDs unique per container: Docker sets
+// HOSTNAME to the container's (short ID by default), and a sidecar sharing
+// the app's network namespace gets the app's.
+func hostname(getenv func(string) string) string {
+	if h := getenv("HOSTNAME"); h != "" {
+		return h
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {

@@ -10,15 +10,17 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshlet/meshlet/agent/registration"
 )
 
 // Config is everything `meshlet run` can be told. Every field has a flag and
 // a MESHLET_* environment variable; a flag wins over the variable, the
 // variable over the default.
 type Config struct {
-	Consul         string        // Consul HTTP address; default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500
-	Suffixes       []string      // mesh DNS suffixes
-	VIPCIDR        netip.Prefix  // range of virtual IPs, inside 127.0.0.0/8
+	Consul         string       // Consul HTTP address; default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500
+	Suffixes       []string     // mesh DNS suffixes
+	VIPCIDR        netip.Prefix // range of virtual IPs, inside 127.0.0.0/8
 	DNSListen      netip.AddrPort
 	OutboundListen netip.AddrPort
 	AdminListen    netip.AddrPort
@@ -29,12 +31,27 @@ type Config struct {
 	DrainTimeout   time.Duration // how long in-flight requests may run after SIGTERM
 	LogLevel       slog.Level
 	LogFormat      string // text or json
+
+	// AdvertiseAddr is the go-sockaddr template of the address the app is
+	// registered with; evaluated only when there is something to register.
+	AdvertiseAddr string
+	// DrainPeriod is how long, after SIGTERM, the app's check stays
+	// critical while meshlet keeps serving, before it deregisters the app.
+	DrainPeriod time.Duration
+
+	// Services and Advertise come from the registrator-style SERVICE_*
+	// variables through LoadRegistration, not from flags. No services: a
+	// pure client sidecar.
+	Services  []registration.Service
+	Advertise netip.Addr
+
+	from map[string]string // flag name → the flag or variable that set it, for errors found later
 }
 
 // setting is one flag with its environment variable and help.
 type setting struct {
 	flag, env, def, help string
-	parse            func(c *Config, v string) error
+	parse                func(c *Config, v string) error
 }
 
 func settings(consulDefault string) []setting {
@@ -127,6 +144,24 @@ func settings(consulDefault string) []setting {
 				c.DrainTimeout = d
 				return nil
 			}},
+		{"advertise-addr", "MESHLET_ADVERTISE_ADDR", registration.DefaultAddressTemplate,
+			"go-sockaddr template of the address the app is registered with, e.g. {{ GetInterfaceIP \"eth0\" }}",
+			func(c *Config, v string) error {
+				if err := registration.CheckTemplate(v); err != nil {
+					return err
+				}
+				c.AdvertiseAddr = v
+				return nil
+			}},
+		{"drain-period", "MESHLET_DRAIN_PERIOD", "5s", "after SIGTERM, how long the app's check is critical before it is deregistered, while meshlet keeps serving",
+			func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < 0 {
+					return fmt.Errorf("%q is not a duration such as 5s", v)
+				}
+				c.DrainPeriod = d
+				return nil
+			}},
 		{"log-level", "MESHLET_LOG_LEVEL", "info", "debug, info, warn or error",
 			func(c *Config, v string) error {
 				return c.LogLevel.UnmarshalText([]byte(v))
@@ -176,7 +211,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (Co
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	var c Config
+	c := Config{from: map[string]string{}}
 	for i, s := range all {
 		v, from := *values[i], "--"+s.flag
 		if !set[s.flag] {
@@ -187,8 +222,37 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (Co
 		if err := s.parse(&c, v); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", from, err)
 		}
+		c.from[s.flag] = from
 	}
 	return c, c.validate()
+}
+
+// source names what set a flag's value (the flag, or its variable), for
+// errors found after parsing.
+func (c Config) source(flag string) string {
+	if from, ok := c.from[flag]; ok {
+		return from
+	}
+	return "--" + flag
+}
+
+// LoadRegistration reads the registrator-style SERVICE_* variables of
+// environ and, when they name an app to register, evaluates the advertise
+// address. Errors are one line and name the variable or flag at fault.
+func (c *Config) LoadRegistration(environ []string, hostname string) error {
+	services, err := registration.Parse(environ, hostname)
+	if err != nil {
+		return err
+	}
+	if len(services) == 0 {
+		return nil
+	}
+	addr, err := registration.Address(c.AdvertiseAddr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.source("advertise-addr"), err)
+	}
+	c.Services, c.Advertise = services, addr
+	return nil
 }
 
 // validate checks what no single setting can: how they fit together.

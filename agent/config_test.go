@@ -30,11 +30,14 @@ func TestParseConfigDefaults(t *testing.T) {
 		ExcludeUID:     -1,
 		DrainTimeout:   10 * time.Second,
 		LogFormat:      "text",
+		AdvertiseAddr:  "{{ GetPrivateIP }}",
+		DrainPeriod:    5 * time.Second,
 	}
 	if c.Consul != want.Consul || strings.Join(c.Suffixes, ",") != strings.Join(want.Suffixes, ",") ||
 		c.VIPCIDR != want.VIPCIDR || c.DNSListen != want.DNSListen || c.OutboundListen != want.OutboundListen ||
 		c.AdminListen != want.AdminListen || c.ResolvConf != want.ResolvConf || c.Intercept != want.Intercept ||
-		c.Mark != want.Mark || c.ExcludeUID != want.ExcludeUID || c.DrainTimeout != want.DrainTimeout || c.LogFormat != want.LogFormat {
+		c.Mark != want.Mark || c.ExcludeUID != want.ExcludeUID || c.DrainTimeout != want.DrainTimeout || c.LogFormat != want.LogFormat ||
+		c.AdvertiseAddr != want.AdvertiseAddr || c.DrainPeriod != want.DrainPeriod || c.Services != nil {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
 	}
 }
@@ -86,6 +89,10 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--mark", "0"}, nil, "--mark: 0 needs --exclude-uid"},
 		{[]string{"--exclude-uid", "-5"}, nil, "--exclude-uid"},
 		{[]string{"--drain-timeout", "soon"}, nil, "--drain-timeout"},
+		{[]string{"--drain-period", "-1s"}, nil, "--drain-period"},
+		{nil, map[string]string{"MESHLET_DRAIN_PERIOD": "a while"}, "MESHLET_DRAIN_PERIOD"},
+		{[]string{"--advertise-addr", "{{ GetPrivateIP"}, nil, "--advertise-addr"},
+		{nil, map[string]string{"MESHLET_ADVERTISE_ADDR": "{{ NoSuchFunc }}"}, "MESHLET_ADVERTISE_ADDR"},
 		{[]string{"--log-level", "loud"}, nil, "--log-level"},
 		{[]string{"--log-format", "xml"}, nil, "--log-format"},
 		{[]string{"--suffix", ", ,"}, nil, "--suffix"},
@@ -107,5 +114,49 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 	}
 	if _, err := ParseConfig([]string{"--mark", "0", "--intercept=false"}, env(nil), io.Discard); err != nil {
 		t.Errorf("--mark 0 --intercept=false: %v", err)
+	}
+}
+
+func TestLoadRegistration(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string // flag variables
+		environ []string          // the process environment
+		wantErr string            // prefix; "" for success
+		wantN   int
+		wantIP  string
+	}{
+		{name: "no SERVICE_* variables: nothing to register, the address is not evaluated",
+			env: map[string]string{"MESHLET_ADVERTISE_ADDR": `{{ GetInterfaceIP "nosuch0" }}`}},
+		{name: "registers with a literal address", args: []string{"--advertise-addr", "10.9.8.7"},
+			environ: []string{"SERVICE_NAME=web", "SERVICE_PORT=8080"}, wantN: 1, wantIP: "10.9.8.7"},
+		{name: "a template that matches nothing names the variable",
+			env:     map[string]string{"MESHLET_ADVERTISE_ADDR": `{{ GetInterfaceIP "nosuch0" }}`},
+			environ: []string{"SERVICE_NAME=web"}, wantErr: "MESHLET_ADVERTISE_ADDR: "},
+		{name: "or the flag", args: []string{"--advertise-addr", `{{ GetInterfaceIP "nosuch0" }}`},
+			environ: []string{"SERVICE_NAME=web"}, wantErr: "--advertise-addr: "},
+		{name: "bad SERVICE_* values name their variable", args: []string{"--advertise-addr", "10.0.0.1"},
+			environ: []string{"SERVICE_NAME=web", "SERVICE_CHECK_INTERVAL=soon"}, wantErr: "SERVICE_CHECK_INTERVAL: "},
+	}
+	for _, tt := range tests {
+		c, err := ParseConfig(tt.args, env(tt.env), io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		err = c.LoadRegistration(tt.environ, "box")
+		if tt.wantErr != "" {
+			if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("%s: error %v, want one line starting with %q", tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		if len(c.Services) != tt.wantN || (tt.wantIP != "" && c.Advertise.String() != tt.wantIP) {
+			t.Errorf("%s: %d services at %v; want %d at %s", tt.name, len(c.Services), c.Advertise, tt.wantN, tt.wantIP)
+		}
 	}
 }
