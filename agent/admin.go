@@ -61,17 +61,25 @@ func (a *Agent) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	io.WriteString(w, "ready\n")
+	// Ready, but how it routes may need an operator's eye (fail-static
+	// while Consul is away, state not saved): one line each.
+	for _, note := range a.mesh.Status() {
+		io.WriteString(w, note+"\n")
+	}
 }
 
 type stateService struct {
 	Name      string   `json:"name"`
 	VIP       string   `json:"vip"`
 	Endpoints []string `json:"endpoints"`
+	// Policy is how the service is routed (from its meta and --policy).
+	Policy string `json:"policy,omitempty"`
 }
 
 type state struct {
 	Ready    bool           `json:"ready"`
 	NotReady []string       `json:"not_ready,omitempty"`
+	Notes    []string       `json:"notes,omitempty"` // how routing is degraded, as /readyz says
 	Services []stateService `json:"services"`
 	// Registrations are the app's own services, as meshlet registers them.
 	Registrations []registration.State `json:"registrations"`
@@ -79,7 +87,7 @@ type state struct {
 
 func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
 	why := a.notReady()
-	st := state{Ready: len(why) == 0, NotReady: why, Services: []stateService{}, Registrations: []registration.State{}}
+	st := state{Ready: len(why) == 0, NotReady: why, Notes: a.mesh.Status(), Services: []stateService{}, Registrations: []registration.State{}}
 	if a.registrar != nil {
 		st.Registrations = a.registrar.States()
 	}
@@ -87,6 +95,9 @@ func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
 		s := stateService{Name: name, VIP: addr.String(), Endpoints: []string{}}
 		for _, e := range a.mesh.Endpoints(name) {
 			s.Endpoints = append(s.Endpoints, fmt.Sprintf("%s %s", e.ID, e.Addr))
+		}
+		if p, ok := a.mesh.PolicyOf(name); ok {
+			s.Policy = p.String()
 		}
 		st.Services = append(st.Services, s)
 	}

@@ -75,7 +75,20 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	if err != nil {
 		return fmt.Errorf("--consul: %w", err)
 	}
-	a.mesh, err = upstream.New(upstream.Config{Consul: consul, Dialer: dialer, Logger: log.With("part", "upstream")})
+	a.mesh, err = upstream.New(upstream.Config{
+		Consul:    consul,
+		Dialer:    dialer,
+		Logger:    log.With("part", "upstream"),
+		Overrides: cfg.Policy,
+		StickyKey: []byte(cfg.StickyKey),
+		StateDir:  cfg.StateDir,
+		StateID:   cfg.Consul, // state is per Consul cluster
+		MaxStale:  cfg.MaxStale,
+	})
+	var stateErr *upstream.StateDirError
+	if errors.As(err, &stateErr) {
+		return fmt.Errorf("%s: %w", cfg.source("state-dir"), err)
+	}
 	if err != nil {
 		return fmt.Errorf("starting upstream: %w", err)
 	}
@@ -158,7 +171,8 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	}
 	log.Info("meshlet started", "dns", cfg.DNSListen, "outbound", cfg.OutboundListen, "admin", cfg.AdminListen,
 		"consul", cfg.Consul, "suffixes", cfg.Suffixes, "vip_cidr", cfg.VIPCIDR, "intercept", cfg.Intercept,
-		"registers", len(cfg.Services), "advertise", cfg.Advertise)
+		"registers", len(cfg.Services), "advertise", cfg.Advertise,
+		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale)
 
 	<-ctx.Done()
 	a.stopping.Store(true)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/agent/registration"
+	"github.com/meshlet/meshlet/upstream"
 )
 
 // Config is everything `meshlet run` can be told. Every field has a flag and
@@ -38,6 +39,17 @@ type Config struct {
 	// DrainPeriod is how long, after SIGTERM, the app's check stays
 	// critical while meshlet keeps serving, before it deregisters the app.
 	DrainPeriod time.Duration
+
+	// Policy overrides the services' traffic policy from their Consul meta.
+	Policy upstream.Overrides
+	// StickyKey keys the sticky cookie values; empty: stable, not secret.
+	StickyKey string
+	// StateDir is where the last good instances are saved, for a restart
+	// during a Consul outage; empty: nothing is saved.
+	StateDir string
+	// MaxStale bounds how long meshlet routes on the last good instances
+	// while Consul does not answer; 0: no limit.
+	MaxStale time.Duration
 
 	// Services and Advertise come from the registrator-style SERVICE_*
 	// variables through LoadRegistration, not from flags. No services: a
@@ -160,6 +172,37 @@ func settings(consulDefault string) []setting {
 					return fmt.Errorf("%q is not a duration such as 5s", v)
 				}
 				c.DrainPeriod = d
+				return nil
+			}},
+		{"policy", "MESHLET_POLICY", "", "traffic policy overriding the services' Consul meta: SERVICE:KEY=VALUE,... (KEY: a meta key without meshlet-; * for every service)",
+			func(c *Config, v string) error {
+				ov, err := upstream.ParseOverrides(v)
+				if err != nil {
+					return err
+				}
+				c.Policy = ov
+				return nil
+			}},
+		{"sticky-key", "MESHLET_STICKY_KEY", "", "secret that keys the sticky cookie values, the same on every sidecar (empty: values are stable and opaque, not secret)",
+			func(c *Config, v string) error {
+				if v != "" && len(v) < 16 {
+					return errors.New("must be at least 16 characters, or empty")
+				}
+				c.StickyKey = v
+				return nil
+			}},
+		{"state-dir", "MESHLET_STATE_DIR", "/var/lib/meshlet", "directory where the last good instances are saved, so a restart during a Consul outage still routes (empty: not saved)",
+			func(c *Config, v string) error {
+				c.StateDir = v
+				return nil
+			}},
+		{"max-stale", "MESHLET_MAX_STALE", "0", "how long to keep routing on the last good instances while Consul does not answer (0: no limit)",
+			func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < 0 {
+					return fmt.Errorf("%q is not a duration such as 10m, or 0", v)
+				}
+				c.MaxStale = d
 				return nil
 			}},
 		{"log-level", "MESHLET_LOG_LEVEL", "info", "debug, info, warn or error",

@@ -42,6 +42,35 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigTrafficSettings(t *testing.T) {
+	c, err := ParseConfig(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StateDir != "/var/lib/meshlet" || c.MaxStale != 0 || c.StickyKey != "" || c.Policy.String() != "" {
+		t.Errorf("defaults: state dir %q, max stale %v, sticky key %q, policy %q", c.StateDir, c.MaxStale, c.StickyKey, c.Policy)
+	}
+	c, err = ParseConfig([]string{"--policy", "web:sticky=cookie,sticky-cookie=CONTAINERID", "--state-dir", ""},
+		env(map[string]string{
+			"MESHLET_POLICY":     "api:balance=least-request",
+			"MESHLET_STICKY_KEY": "0123456789abcdef",
+			"MESHLET_MAX_STALE":  "15m",
+			"MESHLET_STATE_DIR":  "/elsewhere",
+		}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Policy.String(); got != "web:sticky=cookie,sticky-cookie=CONTAINERID" {
+		t.Errorf("policy = %q, want the flag's over the variable's", got)
+	}
+	if c.StickyKey != "0123456789abcdef" || c.MaxStale != 15*time.Minute {
+		t.Errorf("sticky key %q, max stale %v; want the variables' values", c.StickyKey, c.MaxStale)
+	}
+	if c.StateDir != "" {
+		t.Errorf("state dir = %q; an explicit empty flag turns saving off", c.StateDir)
+	}
+}
+
 func TestParseConfigPrecedence(t *testing.T) {
 	e := env(map[string]string{
 		"CONSUL_HTTP_ADDR":  "consul.example:8500",
@@ -97,6 +126,11 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--log-format", "xml"}, nil, "--log-format"},
 		{[]string{"--suffix", ", ,"}, nil, "--suffix"},
 		{[]string{"--dns-listen", "10.1.2.3:15053"}, nil, "must be a loopback"},
+		{[]string{"--policy", "web:stiky=cookie"}, nil, `--policy: "web:stiky=cookie": unknown key "stiky"`},
+		{nil, map[string]string{"MESHLET_POLICY": "sticky=cookie"}, "MESHLET_POLICY: \"sticky=cookie\": want SERVICE:KEY=VALUE"},
+		{[]string{"--sticky-key", "short"}, nil, "--sticky-key: must be at least 16 characters"},
+		{[]string{"--max-stale", "-1m"}, nil, "--max-stale"},
+		{nil, map[string]string{"MESHLET_MAX_STALE": "long"}, "MESHLET_MAX_STALE"},
 		{[]string{"extra"}, nil, "unexpected argument"},
 	}
 	for _, tt := range tests {

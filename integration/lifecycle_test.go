@@ -102,7 +102,7 @@ func TestConsulUnreachableAtStart(t *testing.T) {
 	w := startWorld(t, meshlab.Options{NoMeshlet: true})
 	ctx := context.Background()
 	var err error
-	w.Meshlet, err = w.App.Start("meshlet", nil, bins.Meshlet, "run", "--consul", "127.0.0.1:1", "--resolv-conf", w.AppResolv)
+	w.Meshlet, err = w.App.Start("meshlet", nil, bins.Meshlet, "run", "--consul", "127.0.0.1:1", "--resolv-conf", w.AppResolv, "--state-dir", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestMalformedDNSDoesNotStopServer(t *testing.T) {
 	garbage := [][]byte{
 		{},
 		{0x00},
-		{0x12, 0x34, 0x01, 0x00, 0x00, 0x01},                                           // header cut short
+		{0x12, 0x34, 0x01, 0x00, 0x00, 0x01}, // header cut short
 		{0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff}, // bad name
 		[]byte(strings.Repeat("\xff", 600)),
 	}

@@ -1,23 +1,25 @@
 package upstream
 
 import (
-	"net/http"
+	"math/rand/v2"
 	"sync/atomic"
 )
 
-// Selector picks the instance for a request or connection. Select must be
-// safe for concurrent use and must not modify set. r is nil for raw TCP
-// connections, so policies that look at requests (sticky cookies) need a
-// fallback for it. ok is false only when set has no endpoint a request may
-// go to.
+// Selector picks the instance for a request or connection. Select returns
+// the index in set of an endpoint for which usable reports true (nil
+// usable: any), and ok false when there is none. It must be safe for
+// concurrent use and must not modify set; usable is how the caller leaves
+// out ejected instances and those a request already tried, so a policy
+// never needs to know why.
 //
-// Each service gets its own Selector, so a policy's state (a counter,
-// request counts) is per service.
+// Each service gets its own selectors, so a policy's state (a counter) is
+// per service. Weights come from Consul (Weights.Passing) through the set.
 type Selector interface {
-	Select(set *EndpointSet, r *http.Request) (e Endpoint, ok bool)
+	Select(set *EndpointSet, usable func(i int) bool) (i int, ok bool)
 }
 
-// RoundRobin hands out the endpoints of a set in turn.
+// RoundRobin hands out the endpoints of a set in turn, each as often as
+// its weight says, interleaved (smooth weighted round-robin).
 type RoundRobin struct {
 	next atomic.Uint64
 }
@@ -29,12 +31,145 @@ func NewRoundRobin() *RoundRobin {
 
 // Select implements [Selector]. The counter survives changes of the set,
 // so a new set does not send the next request of every sidecar to its
-// first endpoint.
-func (rr *RoundRobin) Select(set *EndpointSet, _ *http.Request) (Endpoint, bool) {
+// first endpoint. An endpoint that is not usable passes its turn to the
+// next one.
+func (rr *RoundRobin) Select(set *EndpointSet, usable func(int) bool) (int, bool) {
 	n := set.Len()
 	if n == 0 {
-		return Endpoint{}, false
+		return -1, false
 	}
-	i := rr.next.Add(1) - 1
-	return set.At(int(i % uint64(n))), true
+	seq := uint64(n)
+	if set.order != nil {
+		seq = uint64(len(set.order))
+	}
+	start := rr.next.Add(1) - 1
+	for k := range seq {
+		pos := (start + k) % seq
+		i := int(pos)
+		if set.order != nil {
+			i = int(set.order[pos])
+		}
+		if usable == nil || usable(i) {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+// LeastRequest picks two usable endpoints at random (by weight) and takes
+// the one with fewer requests in flight per unit of weight: the "power of
+// two choices", which avoids the herd that a plain least-request causes
+// when many sidecars see the same counts.
+type LeastRequest struct{}
+
+// Select implements [Selector].
+func (LeastRequest) Select(set *EndpointSet, usable func(int) bool) (int, bool) {
+	n := set.Len()
+	var buf [64]int
+	cands := buf[:0]
+	for i := range n {
+		if usable == nil || usable(i) {
+			cands = append(cands, i)
+		}
+	}
+	switch len(cands) {
+	case 0:
+		return -1, false
+	case 1:
+		return cands[0], true
+	}
+	a := randomByWeight(set, cands, -1)
+	b := randomByWeight(set, cands, a)
+	wa, wb := int64(set.endpoints[a].Weight), int64(set.endpoints[b].Weight)
+	// (active+1)/weight: the load each would have with this request, per
+	// unit of weight, compared without division.
+	if (set.hosts[b].active.Load()+1)*max(wa, 1) < (set.hosts[a].active.Load()+1)*max(wb, 1) {
+		return b, true
+	}
+	return a, true
+}
+
+// randomByWeight picks one of cands other than not, with probability
+// proportional to its weight.
+func randomByWeight(set *EndpointSet, cands []int, not int) int {
+	if set.order == nil { // equal weights
+		for {
+			if i := cands[rand.N(len(cands))]; i != not {
+				return i
+			}
+		}
+	}
+	total := 0
+	for _, i := range cands {
+		if i != not {
+			total += max(set.endpoints[i].Weight, 1)
+		}
+	}
+	r := rand.N(total)
+	for _, i := range cands {
+		if i == not {
+			continue
+		}
+		if r -= max(set.endpoints[i].Weight, 1); r < 0 {
+			return i
+		}
+	}
+	return cands[0] // unreachable
+}
+
+// maxOrderLen bounds the weighted round-robin sequence of a set.
+const maxOrderLen = 4096
+
+// weightedOrder returns the smooth weighted round-robin sequence of eps
+// (nginx's algorithm: each turn every endpoint gains its weight, the
+// richest is picked and pays the total), or nil when all weights are
+// equal. Weights are divided by their greatest common divisor and, when
+// they still sum to more than maxOrderLen, scaled down.
+func weightedOrder(eps []Endpoint) []int32 {
+	if len(eps) < 2 {
+		return nil
+	}
+	weights := make([]int, len(eps))
+	g, total, equal := 0, 0, true
+	for i, e := range eps {
+		weights[i] = max(e.Weight, 1)
+		g = gcd(g, weights[i])
+		equal = equal && weights[i] == weights[0]
+	}
+	if equal {
+		return nil
+	}
+	for i := range weights {
+		weights[i] /= g
+		total += weights[i]
+	}
+	if total > maxOrderLen {
+		scaled := 0
+		for i, w := range weights {
+			weights[i] = max(1, int(int64(w)*int64(maxOrderLen-len(eps))/int64(total)))
+			scaled += weights[i]
+		}
+		total = scaled
+	}
+	order := make([]int32, 0, total)
+	current := make([]int, len(weights))
+	for range total {
+		best := 0
+		for i, w := range weights {
+			current[i] += w
+			if current[i] > current[best] {
+				best = i
+			}
+		}
+		current[best] -= total
+		order = append(order, int32(best))
+	}
+	return order
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }

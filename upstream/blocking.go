@@ -12,10 +12,14 @@ type blockingQuery[T any] struct {
 	// fetch asks Consul, blocking while waitIndex is still current.
 	// waitIndex 0 means "answer at once".
 	fetch func(ctx context.Context, waitIndex uint64) (result T, index uint64, err error)
+	// answered is told of every good answer, before apply, with the number
+	// of failures just before it (0 when there was no outage). Optional.
+	answered func(afterFailures int)
 	// apply receives every answer whose index differs from the last one.
 	apply func(T)
-	// failed receives every error, for readiness reasons.
-	failed  func(error)
+	// failed receives every error, for readiness reasons, with the length
+	// of the failure streak so far.
+	failed  func(err error, streak int)
 	backoff func(attempt int) time.Duration
 	log     *slog.Logger
 }
@@ -37,7 +41,7 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 		}
 		if err != nil {
 			failures++
-			q.failed(err)
+			q.failed(err, failures)
 			if failures == 1 {
 				q.log.Warn("consul query failed, retrying with backoff; keeping the last answer", "query", q.what, "err", err)
 			} else {
@@ -54,8 +58,11 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 		}
 		if failures > 0 {
 			q.log.Info("consul answers again", "query", q.what, "failures", failures)
-			failures = 0
 		}
+		if q.answered != nil {
+			q.answered(failures)
+		}
+		failures = 0
 		if index == 0 {
 			// Index 0 would turn the next query into a non-blocking one,
 			// and the loop into a busy one.

@@ -18,7 +18,8 @@ const (
 	DefaultWaitTime           = 5 * time.Minute
 	DefaultSniffTimeout       = 300 * time.Millisecond
 	DefaultRetryBase          = 250 * time.Millisecond
-	DefaultRetryMax           = 30 * time.Second
+	DefaultRetryMax           = 10 * time.Second
+	DefaultSettleTime         = 30 * time.Second
 )
 
 // Config is what a [Mesh] needs. Zero values take the defaults above.
@@ -52,9 +53,37 @@ type Config struct {
 	// FullJitter(DefaultRetryBase, DefaultRetryMax).
 	RetryBackoff func(attempt int) time.Duration
 
-	// NewSelector makes the balancer of one service; each service gets its
-	// own so that their counters do not interfere. Nil means NewRoundRobin.
-	NewSelector func() Selector
+	// Overrides are the caller's own policy settings (see ParseOverrides),
+	// which win over the services' meta in Consul.
+	Overrides Overrides
+
+	// StickyKey, when set, keys the sticky cookie values, so that nobody
+	// without it can compute the value of an instance. Without it values
+	// are opaque and stable, but not secret. Every sidecar of a mesh must
+	// use the same key, or clients move when they reach another sidecar.
+	StickyKey []byte
+
+	// StateDir is where the last good instances are saved, so that a
+	// meshlet restarted while Consul is unreachable still routes. Empty
+	// means nothing is saved. It is made if missing.
+	StateDir string
+
+	// StateID names the Consul cluster the state belongs to (the agent uses
+	// Consul's address), so that a meshlet pointed elsewhere does not route
+	// on another cluster's instances.
+	StateID string
+
+	// MaxStale is how long meshlet keeps routing on the last good instances
+	// while Consul does not answer; once a service's instances are older,
+	// its requests get 503. Zero means no limit.
+	MaxStale time.Duration
+
+	// SettleTime is how long after an outage of Consul the instances that
+	// were passing before it keep getting requests even when Consul
+	// reports them critical (its checks start critical until they first
+	// run); only failing requests take them out meanwhile. Zero means
+	// DefaultSettleTime, negative turns it off.
+	SettleTime time.Duration
 }
 
 // FullJitter returns a backoff that waits a uniformly random time between
@@ -92,7 +121,13 @@ func (cfg Config) withDefaults() (Config, error) {
 		{"FirstAnswerTimeout", &cfg.FirstAnswerTimeout, DefaultFirstAnswerTimeout},
 		{"WaitTime", &cfg.WaitTime, DefaultWaitTime},
 		{"SniffTimeout", &cfg.SniffTimeout, DefaultSniffTimeout},
+		{"MaxStale", &cfg.MaxStale, 0},
+		{"SettleTime", &cfg.SettleTime, DefaultSettleTime},
 	} {
+		if d.name == "SettleTime" && *d.value < 0 {
+			*d.value = 0 // off
+			continue
+		}
 		if *d.value < 0 {
 			return cfg, fmt.Errorf("upstream config: %s is negative (%v)", d.name, *d.value)
 		}
@@ -108,9 +143,6 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.RetryBackoff == nil {
 		cfg.RetryBackoff = FullJitter(DefaultRetryBase, DefaultRetryMax)
-	}
-	if cfg.NewSelector == nil {
-		cfg.NewSelector = func() Selector { return NewRoundRobin() }
 	}
 	return cfg, nil
 }

@@ -25,8 +25,15 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.FirstAnswerTimeout != 5*time.Second || cfg.WaitTime != 5*time.Minute || cfg.SniffTimeout != 300*time.Millisecond ||
-		cfg.Dialer == nil || cfg.Dialer.Timeout != 5*time.Second || cfg.Logger == nil || cfg.RetryBackoff == nil || cfg.NewSelector == nil {
+		cfg.Dialer == nil || cfg.Dialer.Timeout != 5*time.Second || cfg.Logger == nil || cfg.RetryBackoff == nil ||
+		cfg.SettleTime != 30*time.Second || cfg.MaxStale != 0 {
 		t.Errorf("defaults = %+v", cfg)
+	}
+	if cfg, _ := (Config{Consul: client, SettleTime: -1}).withDefaults(); cfg.SettleTime != 0 {
+		t.Errorf("negative SettleTime = %v, want 0 (off)", cfg.SettleTime)
+	}
+	if _, err := New(Config{Consul: client, MaxStale: -time.Second}); err == nil || !strings.Contains(err.Error(), "MaxStale") {
+		t.Errorf("New with a negative MaxStale = %v, want an error naming it", err)
 	}
 	d := &net.Dialer{}
 	if cfg, _ := (Config{Consul: client, Dialer: d}).withDefaults(); cfg.Dialer != d {

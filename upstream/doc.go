@@ -1,12 +1,30 @@
 // Package upstream forwards the app's outbound connections to healthy
 // instances of the service they are meant for.
 //
-// It watches Consul (the catalog for which services exist, and the passing
-// instances of every service in use), keeps each service's instances as an
-// immutable [EndpointSet] that readers load without locking, picks an
-// instance with a [Selector], and proxies: HTTP/1.x per request through one
-// internal net/http server and httputil.ReverseProxy, anything else per
-// connection as raw TCP.
+// It watches Consul (the catalog for which services exist, and every
+// registered instance of every service in use, with its checks) and keeps
+// each service's [serviceView]: its [Policy], derived from the instances'
+// meta and the caller's [Overrides], and immutable [EndpointSet]s that
+// readers load without locking. A request is routed in this order:
+//
+//   - the set: the passing instances; right after an outage of Consul, also
+//     those that passed before it (settle); when none passes, all
+//     registered ones if the policy allows panic routing, else a 503;
+//   - the instance: the one a valid sticky cookie names, if it is in the
+//     set and not ejected; else the policy's [Selector] (round-robin or
+//     least-request, both weighted) among the instances not ejected;
+//   - the attempts: retryTransport retries on an untried instance when that
+//     is safe and the retry budget allows, counts requests in flight, and
+//     feeds passive health, which ejects instances that keep failing;
+//   - the answer: the sticky cookie of the instance that answered, when the
+//     request did not carry it.
+//
+// HTTP/1.x is proxied per request through one internal net/http server and
+// httputil.ReverseProxy, anything else per connection as raw TCP.
+//
+// While Consul does not answer, the last good views keep routing
+// (fail-static), for at most Config.MaxStale; they are saved in
+// Config.StateDir so that a restart during an outage still routes.
 //
 // The package knows nothing of iptables or DNS: the agent hands [Mesh.ServeConn]
 // connections it already accepted, together with the service they are for.

@@ -7,35 +7,82 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/hashicorp/consul/api"
 )
 
-// Endpoint is one passing instance of a service. Its Tags and Meta are
-// shared with the set it came from and must not be modified.
+// Endpoint is one instance of a service. Its Tags and Meta are shared with
+// the set it came from and must not be modified.
 type Endpoint struct {
-	ID   string // Consul service ID, unique on its node
-	Node string // Consul node name
+	ID   string `json:"id"`   // Consul service ID, unique on its node
+	Node string `json:"node"` // Consul node name
 	// Addr is "host:port" to dial. Host is an IP address in canonical form,
 	// or a DNS name when Consul was given one.
-	Addr string
-	Tags []string
-	Meta map[string]string
+	Addr string            `json:"addr"`
+	Tags []string          `json:"tags,omitempty"`
+	Meta map[string]string `json:"meta,omitempty"`
+	// Weight is Consul's weight for the instance's state (Weights.Passing,
+	// or Weights.Warning); at least 1.
+	Weight int `json:"weight"`
+	// Status is the worst of the instance's checks and its node's:
+	// passing, warning or critical.
+	Status string `json:"status"`
 }
 
-// EndpointSet is an immutable snapshot of a service's healthy instances,
-// ordered by node and ID so that every sidecar sees the same order.
-// A nil *EndpointSet is valid and empty.
+// EndpointSet is an immutable snapshot of instances a request may go to,
+// ordered by node and ID so that every sidecar sees the same order, with
+// what the selectors need precomputed. A nil *EndpointSet is valid and
+// empty.
 type EndpointSet struct {
 	endpoints []Endpoint
+	hosts     []*hostState // runtime state, parallel to endpoints
+	// order is the weighted round-robin sequence of indexes; nil when all
+	// weights are equal (then it is 0, 1, ..., n-1).
+	order []int32
+	// sticky maps cookie values to indexes; nil unless the service is sticky.
+	sticky map[stickyID]int
+	ids    []stickyID // cookie value of each endpoint, when sticky
+	codec  *cookieCodec
+
+	ejectMu sync.Mutex // serialises ejection decisions (rare)
 }
 
-// newEndpointSet sorts eps and takes ownership of it.
+// newEndpointSet sorts eps, takes ownership of it and gives every endpoint
+// fresh runtime state; for tests and sets that need no shared state.
 func newEndpointSet(eps []Endpoint) *EndpointSet {
+	return buildSet(eps, nil, nil)
+}
+
+// buildSet sorts eps and takes ownership of it. Runtime state comes from
+// reg (fresh state when nil); codec, when not nil, makes the set sticky.
+func buildSet(eps []Endpoint, reg *hostRegistry, codec *cookieCodec) *EndpointSet {
+	sortByNodeID(eps)
+	s := &EndpointSet{endpoints: eps, hosts: make([]*hostState, len(eps)), codec: codec}
+	for i, e := range eps {
+		if reg != nil {
+			s.hosts[i] = reg.get(e)
+		} else {
+			s.hosts[i] = &hostState{}
+		}
+	}
+	s.order = weightedOrder(eps)
+	if codec != nil {
+		s.sticky = make(map[stickyID]int, len(eps))
+		s.ids = make([]stickyID, len(eps))
+		for i, e := range eps {
+			id := codec.id(e.Node, e.ID)
+			s.ids[i] = id
+			s.sticky[id] = i
+		}
+	}
+	return s
+}
+
+func sortByNodeID(eps []Endpoint) {
 	slices.SortFunc(eps, func(a, b Endpoint) int {
 		return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.ID, b.ID))
 	})
-	return &EndpointSet{endpoints: eps}
 }
 
 // Len returns the number of endpoints.
@@ -59,39 +106,35 @@ func (s *EndpointSet) Endpoints() []Endpoint {
 	return slices.Clone(s.endpoints)
 }
 
-// after returns the endpoint that follows the one with the given node and
-// ID, wrapping around, if it is a different one: where a failed attempt
-// moves on to.
-func (s *EndpointSet) after(e Endpoint) (Endpoint, bool) {
-	n := s.Len()
-	if n < 2 {
-		return Endpoint{}, false
-	}
+// available reports whether endpoint i is not ejected at now (unix ns).
+func (s *EndpointSet) available(i int, now int64) bool {
+	return s.hosts[i].available(now)
+}
+
+// index returns the position of the endpoint with e's node and ID.
+func (s *EndpointSet) index(e Endpoint) (int, bool) {
 	for i, cand := range s.endpoints {
 		if cand.ID == e.ID && cand.Node == e.Node {
-			return s.endpoints[(i+1)%n], true
+			return i, true
 		}
 	}
-	// The set changed under the request: any member is a different instance.
-	return s.endpoints[0], s.endpoints[0].Addr != e.Addr
+	return -1, false
 }
 
 // equal reports whether both sets hold the same endpoints in the same order.
 func (s *EndpointSet) equal(o *EndpointSet) bool {
-	if s.Len() != o.Len() {
-		return false
-	}
-	for i := range s.Len() {
-		a, b := s.endpoints[i], o.endpoints[i]
-		if a.ID != b.ID || a.Node != b.Node || a.Addr != b.Addr ||
-			!slices.Equal(a.Tags, b.Tags) || !maps.Equal(a.Meta, b.Meta) {
-			return false
-		}
-	}
-	return true
+	return endpointsEqual(s.Endpoints(), o.Endpoints())
 }
 
-// endpointsFromHealth turns Consul's answer into endpoints. Entries that
+func endpointsEqual(a, b []Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y Endpoint) bool {
+		return x.ID == y.ID && x.Node == y.Node && x.Addr == y.Addr && x.Weight == y.Weight &&
+			x.Status == y.Status && slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
+	})
+}
+
+// endpointsFromHealth turns Consul's answer, every registered instance
+// with its checks, into endpoints with their status. Entries that
 // cannot be dialled (no address, no port) are returned in skipped, for the
 // caller to log, instead of poisoning the set.
 func endpointsFromHealth(entries []*api.ServiceEntry) (eps []Endpoint, skipped []string) {
@@ -115,12 +158,24 @@ func endpointsFromHealth(entries []*api.ServiceEntry) (eps []Endpoint, skipped [
 		if ip, err := netip.ParseAddr(host); err == nil {
 			host = ip.Unmap().WithZone("").String()
 		}
+		status := e.Checks.AggregatedStatus()
+		weight := e.Service.Weights.Passing
+		switch status {
+		case api.HealthPassing, api.HealthWarning, api.HealthCritical:
+		default: // maintenance, or a status this version does not know
+			status = api.HealthCritical
+		}
+		if status == api.HealthWarning {
+			weight = e.Service.Weights.Warning
+		}
 		eps = append(eps, Endpoint{
-			ID:   e.Service.ID,
-			Node: node,
-			Addr: net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
-			Tags: slices.Clone(e.Service.Tags),
-			Meta: maps.Clone(e.Service.Meta),
+			ID:     e.Service.ID,
+			Node:   node,
+			Addr:   net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
+			Tags:   slices.Clone(e.Service.Tags),
+			Meta:   maps.Clone(e.Service.Meta),
+			Weight: max(weight, 1),
+			Status: status,
 		})
 	}
 	return eps, skipped

@@ -33,6 +33,7 @@ type fakeAnswer struct {
 	index uint64
 	body  any
 	fail  bool
+	hold  bool // answer nothing until this changes, as a slow Consul
 }
 
 func newFakeConsul(t testing.TB) *fakeConsul {
@@ -80,7 +81,7 @@ func (fc *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "fake consul: failing on purpose", http.StatusInternalServerError)
 			return
 		}
-		if indexParam == "" || indexParam != strconv.FormatUint(a.index, 10) {
+		if !a.hold && (indexParam == "" || indexParam != strconv.FormatUint(a.index, 10)) {
 			body, _ := json.Marshal(a.body)
 			fc.mu.Unlock()
 			w.Header().Set("X-Consul-Index", strconv.FormatUint(a.index, 10))
@@ -133,6 +134,21 @@ func (fc *fakeConsul) setFailing(path string, fail bool) {
 		fc.answers[path] = a
 	}
 	a.fail = fail
+	close(fc.changed)
+	fc.changed = make(chan struct{})
+}
+
+// setHolding makes queries of path wait, without an answer, until it is
+// released (or their wait passes).
+func (fc *fakeConsul) setHolding(path string, hold bool) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	a := fc.answers[path]
+	if a == nil {
+		a = &fakeAnswer{body: map[string][]string{}}
+		fc.answers[path] = a
+	}
+	a.hold = hold
 	close(fc.changed)
 	fc.changed = make(chan struct{})
 }

@@ -18,8 +18,10 @@ import (
 const (
 	ErrCodeNoInstance  = "no-healthy-instance"
 	ErrCodeNoAnswer    = "no-consul-answer"
+	ErrCodeStale       = "stale-instances"
 	ErrCodeUnreachable = "instance-unreachable"
 	ErrCodeFailed      = "instance-failed"
+	ErrCodeTimeout     = "timeout"
 )
 
 // connTarget is what a connection handed to the HTTP server is for.
@@ -28,12 +30,22 @@ type connTarget struct {
 	host  string // the name the app used, for requests without a Host
 }
 
-// pick is the instance chosen for one request.
+// pick is the routing of one request: the set and policy it routes on,
+// the instance of its current attempt and those it tried. Only the
+// request's own goroutine touches it.
 type pick struct {
-	target   *connTarget
-	set      *EndpointSet
-	endpoint Endpoint
+	target *connTarget
+	set    *EndpointSet
+	policy *Policy
+	idx    int   // endpoint of the current (last) attempt
+	tried  []int // endpoints tried, idx last
+	cookie int   // endpoint the request's sticky cookie names; -1: none
+	client context.Context
+	// budgetDenied is set when a retry was refused for want of budget.
+	budgetDenied bool
 }
+
+func (p *pick) endpoint() Endpoint { return p.set.At(p.idx) }
 
 type (
 	targetKey struct{}
@@ -88,11 +100,12 @@ func markDialErrors(d *net.Dialer) func(ctx context.Context, network, addr strin
 // newReverseProxy builds the proxy used for every HTTP request.
 func (m *Mesh) newReverseProxy() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Rewrite:      rewrite,
-		Transport:    &retryOnDialError{next: newTransport(markDialErrors(m.cfg.Dialer)), log: m.log},
-		BufferPool:   newBufferPool(32 << 10),
-		ErrorHandler: m.proxyError,
-		ErrorLog:     slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+		Rewrite:        rewrite,
+		Transport:      &retryTransport{next: newTransport(markDialErrors(m.cfg.Dialer)), m: m},
+		BufferPool:     newBufferPool(32 << 10),
+		ModifyResponse: modifyResponse,
+		ErrorHandler:   m.proxyError,
+		ErrorLog:       slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 	}
 }
 
@@ -101,7 +114,7 @@ func (m *Mesh) newReverseProxy() *httputil.ReverseProxy {
 func rewrite(pr *httputil.ProxyRequest) {
 	p := pickFrom(pr.In.Context())
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = p.endpoint.Addr
+	pr.Out.URL.Host = p.endpoint().Addr
 	host := pr.In.Host
 	if host == "" {
 		host = p.target.host
@@ -115,6 +128,29 @@ func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Set("X-Forwarded-Host", host)
 }
 
+// modifyResponse pins the client to the instance that answered, when the
+// service is sticky and the request's cookie named another one (or none).
+// A cookie of the same name that the instance sets itself is left alone,
+// and no second one is added.
+func modifyResponse(resp *http.Response) error {
+	if resp.Request == nil {
+		return nil
+	}
+	p := pickFrom(resp.Request.Context())
+	if p == nil || !p.policy.Sticky || p.set.codec == nil || p.cookie == p.idx {
+		return nil
+	}
+	if setsCookie(resp.Header, p.policy.CookieName) {
+		return nil
+	}
+	maxAge := 0
+	if p.policy.CookieMaxAge > 0 {
+		maxAge = max(1, int(p.policy.CookieMaxAge/time.Second))
+	}
+	resp.Header.Add("Set-Cookie", p.set.codec.setCookie(p.set.ids[p.idx], maxAge))
+	return nil
+}
+
 // serveHTTP picks an instance for one request and proxies it.
 func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	t, _ := r.Context().Value(targetKey{}).(*connTarget)
@@ -122,45 +158,115 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal", "meshlet: request without a service")
 		return
 	}
-	answered := t.watch.awaitFirstAnswer(r.Context(), m.cfg.FirstAnswerTimeout)
-	set := t.watch.set.Load()
-	e, ok := t.watch.selector.Select(set, r)
-	if !ok {
-		if !answered {
-			writeError(w, http.StatusServiceUnavailable, ErrCodeNoAnswer,
-				fmt.Sprintf("meshlet: consul has not answered yet for service %q", t.watch.name))
-			return
-		}
-		writeError(w, http.StatusServiceUnavailable, ErrCodeNoInstance,
-			fmt.Sprintf("meshlet: no healthy instance of service %q", t.watch.name))
+	watch := t.watch
+	answered := watch.awaitFirstAnswer(r.Context(), m.cfg.FirstAnswerTimeout)
+	now := time.Now()
+	set, v, code, msg := m.route(watch, now, answered)
+	if set == nil {
+		writeError(w, http.StatusServiceUnavailable, code, msg)
 		return
 	}
-	ctx := context.WithValue(r.Context(), pickKey{}, &pick{target: t, set: set, endpoint: e})
+	p := &pick{target: t, set: set, policy: &v.policy, cookie: -1, client: r.Context()}
+	nowNs := now.UnixNano()
+	idx := -1
+	if v.policy.Sticky && set.sticky != nil {
+		stickyCookies(r.Header, v.policy.CookieName, func(id stickyID) bool {
+			i, ok := set.sticky[id]
+			if !ok {
+				return false // forged, or an instance not in the set: look on
+			}
+			p.cookie = i
+			if set.available(i, nowNs) {
+				idx = i
+			}
+			return true
+		})
+	}
+	if idx < 0 {
+		var ok bool
+		sel := watch.selector(&v.policy)
+		if idx, ok = sel.Select(set, func(i int) bool { return set.available(i, nowNs) }); !ok {
+			idx, _ = sel.Select(set, nil) // never all are ejected; a race at most
+		}
+	}
+	p.idx, p.tried = idx, append(make([]int, 0, 1+v.policy.Retries), idx)
+	watch.budget.request()
+	ctx := context.WithValue(r.Context(), pickKey{}, p)
+	if v.policy.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, v.policy.Timeout)
+		defer cancel()
+	}
 	m.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// route returns the set a request or connection for the service goes to
+// at now, with the view it belongs to; or, when there is none, the error
+// code and message to answer with.
+func (m *Mesh) route(watch *serviceWatch, now time.Time, answered bool) (*EndpointSet, *serviceView, string, string) {
+	v := watch.view.Load()
+	if v == nil {
+		if !answered {
+			return nil, nil, ErrCodeNoAnswer, fmt.Sprintf("meshlet: consul has not answered yet for service %q", watch.name)
+		}
+		return nil, nil, ErrCodeNoInstance, fmt.Sprintf("meshlet: no healthy instance of service %q", watch.name)
+	}
+	if age, stale := watch.staleness(now, m.cfg.MaxStale); stale {
+		if watch.staleLogged.CompareAndSwap(false, true) {
+			m.log.Warn("refusing requests: the last good instances are older than the max staleness",
+				"service", watch.name, "age", age.Round(time.Second), "max_stale", m.cfg.MaxStale)
+		}
+		return nil, nil, ErrCodeStale, fmt.Sprintf("meshlet: consul unreachable for %v; the last good instances of service %q are older than the max staleness (%v)",
+			age.Round(time.Second), watch.name, m.cfg.MaxStale)
+	}
+	set, panicking, why := v.route(now)
+	if set == nil {
+		return nil, nil, ErrCodeNoInstance, fmt.Sprintf("meshlet: no healthy instance of service %q: %s", watch.name, why)
+	}
+	if panicking && v.panicLogged.CompareAndSwap(false, true) {
+		m.log.Warn("panic routing: no instance passes its checks, routing to all registered ones", "service", watch.name, "registered", set.Len())
+	}
+	return set, v, "", ""
 }
 
 // proxyError answers a request whose instance failed.
 func (m *Mesh) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	p := pickFrom(r.Context())
-	addr := p.endpoint.Addr
+	addr := p.endpoint().Addr
 	var ie *instanceError
 	if errors.As(err, &ie) {
 		addr = ie.addr
 	}
-	if r.Context().Err() != nil {
+	name := p.target.watch.name
+	if p.client.Err() != nil {
 		// The app went away; nobody reads this answer.
-		m.log.Debug("request canceled by the app", "service", p.target.watch.name, "instance", addr, "err", err)
+		m.log.Debug("request canceled by the app", "service", name, "instance", addr, "err", err)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
-	code, what := ErrCodeFailed, "failed"
-	var de *dialError
-	if errors.As(err, &de) {
-		code, what = ErrCodeUnreachable, "unreachable"
+	budget := ""
+	if p.budgetDenied {
+		budget = " (not retried: retry budget exhausted)"
 	}
-	m.log.Warn("instance failed", "service", p.target.watch.name, "instance", addr, "err", err)
-	writeError(w, http.StatusBadGateway, code,
-		fmt.Sprintf("meshlet: instance %s of service %q %s: %s", addr, p.target.watch.name, what, oneLine(err.Error())))
+	var de *dialError
+	switch {
+	case r.Context().Err() != nil:
+		m.log.Warn("request timed out", "service", name, "instance", addr, "timeout", p.policy.Timeout, "tries", len(p.tried))
+		writeError(w, http.StatusGatewayTimeout, ErrCodeTimeout,
+			fmt.Sprintf("meshlet: service %q did not answer within its timeout of %v (%d tries)", name, p.policy.Timeout, len(p.tried)))
+	case errors.Is(err, errTryTimeout):
+		m.log.Warn("instance timed out", "service", name, "instance", addr, "try_timeout", p.policy.TryTimeout, "tries", len(p.tried))
+		writeError(w, http.StatusGatewayTimeout, ErrCodeTimeout,
+			fmt.Sprintf("meshlet: instance %s of service %q did not answer within the try timeout of %v (%d tries)%s", addr, name, p.policy.TryTimeout, len(p.tried), budget))
+	case errors.As(err, &de):
+		m.log.Warn("instance unreachable", "service", name, "instance", addr, "err", err, "tries", len(p.tried))
+		writeError(w, http.StatusBadGateway, ErrCodeUnreachable,
+			fmt.Sprintf("meshlet: instance %s of service %q unreachable: %s (%d tries)%s", addr, name, oneLine(err.Error()), len(p.tried), budget))
+	default:
+		m.log.Warn("instance failed", "service", name, "instance", addr, "err", err, "tries", len(p.tried))
+		writeError(w, http.StatusBadGateway, ErrCodeFailed,
+			fmt.Sprintf("meshlet: instance %s of service %q failed: %s (%d tries)%s", addr, name, oneLine(err.Error()), len(p.tried), budget))
+	}
 }
 
 // writeError writes a one-line text answer from the mesh itself.

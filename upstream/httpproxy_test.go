@@ -175,7 +175,7 @@ func TestHTTPNoHealthyInstanceIs503(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("status = %d, want 503", resp.StatusCode)
 	}
-	if want := "meshlet: no healthy instance of service \"web\"\n"; body != want {
+	if want := "meshlet: no healthy instance of service \"web\": no instance is registered in consul\n"; body != want {
 		t.Errorf("body = %q, want %q", body, want)
 	}
 	if got := resp.Header.Get("X-Meshlet-Error"); got != ErrCodeNoInstance {
@@ -406,23 +406,58 @@ func TestShutdownClosesWhatIsLeftWhenCtxEnds(t *testing.T) {
 	}
 }
 
+// BenchmarkProxyHTTP measures the proxy path, app to instance and back
+// over loopback with keep-alive on both sides, without stickiness and
+// with it: a client that keeps its cookie (parse and look up on every
+// request) and clients without one (a pick and a Set-Cookie every time).
 func BenchmarkProxyHTTP(b *testing.B) {
-	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok")
-	}))
-	b.Cleanup(inst.Close)
-	_, _, front := webMesh(b, func(c *Config) { c.Logger = nil }, instance(b, "web", "a", addrOf(inst)))
-	cl := client(front)
-	get(b, cl, "http://web.local/") // warm both pools
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		resp, err := cl.Get("http://web.local/")
-		if err != nil {
-			b.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	for _, bc := range []struct {
+		name   string
+		meta   []string
+		cookie bool // send the cookie the first answer set
+	}{
+		{"round-robin", nil, false},
+		{"sticky-pinned", []string{"meshlet-sticky", "cookie"}, true},
+		{"sticky-new-client", []string{"meshlet-sticky", "cookie"}, false},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var entries []*api.ServiceEntry
+			for _, name := range []string{"a", "b", "c"} {
+				inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					io.WriteString(w, "ok")
+				}))
+				b.Cleanup(inst.Close)
+				e := instance(b, "web", name, addrOf(inst))
+				if bc.meta != nil {
+					e.Service.Meta = map[string]string{bc.meta[0]: bc.meta[1]}
+				}
+				entries = append(entries, e)
+			}
+			_, _, front := webMesh(b, func(c *Config) { c.Logger = nil }, entries...)
+			cl := client(front)
+			resp, _ := get(b, cl, "http://web.local/") // warm both pools
+			cookie := ""
+			if bc.cookie {
+				cookie = strings.SplitN(resp.Header.Get("Set-Cookie"), ";", 2)[0]
+			}
+			req, _ := http.NewRequest(http.MethodGet, "http://web.local/", nil)
+			if cookie != "" {
+				req.Header.Set("Cookie", cookie)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				resp, err := cl.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if bc.cookie && resp.Header.Get("Set-Cookie") != "" {
+					b.Fatal("a pinned client got a new cookie")
+				}
+			}
+		})
 	}
 }
 

@@ -27,6 +27,7 @@ type Mesh struct {
 	startHTTP sync.Once
 	conns     *connSet
 	bufs      *bufferPool
+	state     *stateStore // nil without Config.StateDir
 
 	mu       sync.Mutex
 	watches  map[string]*serviceWatch
@@ -50,6 +51,12 @@ func New(cfg Config) (*Mesh, error) {
 		conns:    newConnSet(),
 		bufs:     newBufferPool(32 << 10),
 		watches:  make(map[string]*serviceWatch),
+	}
+	if cfg.StateDir != "" {
+		if m.state, err = openState(cfg.StateDir, cfg.StateID, cfg.Logger); err != nil {
+			return nil, err
+		}
+		m.loadState()
 	}
 	m.proxy = m.newReverseProxy()
 	m.server = &http.Server{
@@ -82,7 +89,13 @@ func (m *Mesh) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
+	stateDone := make(chan struct{})
+	go func() {
+		defer close(stateDone)
+		m.state.run(ctx, m.stateSnapshot)
+	}()
 	m.catalog.run(ctx, m)
+	<-stateDone
 
 	m.mu.Lock()
 	m.runDone = true
@@ -124,7 +137,7 @@ func (m *Mesh) watch(name string) *serviceWatch {
 	if w, ok := m.watches[name]; ok {
 		return w
 	}
-	w := newServiceWatch(name, m.cfg.NewSelector())
+	w := newServiceWatch(name)
 	m.watches[name] = w
 	m.startWatchLocked(w)
 	return w
@@ -152,7 +165,41 @@ func (m *Mesh) Endpoints(name string) []Endpoint {
 	if w == nil {
 		return nil
 	}
-	return w.set.Load().Endpoints()
+	if v := w.view.Load(); v != nil {
+		return v.passing.Endpoints()
+	}
+	return nil
+}
+
+// PolicyOf returns the policy a watched service is routed with, once its
+// instances are known.
+func (m *Mesh) PolicyOf(name string) (Policy, bool) {
+	w := m.watchOf(strings.ToLower(name))
+	if w == nil {
+		return Policy{}, false
+	}
+	v := w.view.Load()
+	if v == nil {
+		return Policy{}, false
+	}
+	return v.policy, true
+}
+
+// watchedNames returns the names of the services watched, unsorted.
+func (m *Mesh) watchedNames() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	names := make([]string, 0, len(m.watches))
+	for name := range m.watches {
+		names = append(names, name)
+	}
+	return names
+}
+
+func (m *Mesh) watchOf(name string) *serviceWatch {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.watches[name]
 }
 
 // ServeConn proxies one connection the app made to service and returns

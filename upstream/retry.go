@@ -1,11 +1,15 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"io"
-	"log/slog"
+	"net"
 	"net/http"
-	"sync/atomic"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
 )
 
 // instanceError names the instance a proxied request failed on.
@@ -17,65 +21,198 @@ type instanceError struct {
 func (e *instanceError) Error() string { return "instance " + e.addr + ": " + e.err.Error() }
 func (e *instanceError) Unwrap() error { return e.err }
 
-// retryOnDialError sends a request whose dial failed once more, to the
-// next instance of the set. Only a failed dial is retried, for any
-// method: the request provably never left. Everything else is left to a
-// later retry policy with a budget.
-type retryOnDialError struct {
+// errTryTimeout is the cause of an attempt that ran out of its try timeout.
+var errTryTimeout = errors.New("no response within the try timeout")
+
+// retryTransport sends each attempt of a request to the instance its pick
+// names, keeps the instances' request counts and passive health, and
+// retries on another instance when that is safe:
+//
+//   - the dial failed: the request provably never left, any method;
+//   - the connection was reset or closed, or the try timeout passed,
+//     before any response, and the method is idempotent (GET, HEAD,
+//     OPTIONS, PUT, DELETE);
+//
+// and only while the request body can be replayed (at most maxReplayBody
+// bytes of it were read), the service's retries and retry budget allow,
+// and an untried, non-ejected instance is left. Once response headers
+// came, nothing is retried.
+type retryTransport struct {
 	next http.RoundTripper
-	log  *slog.Logger
+	m    *Mesh
 }
 
 // RoundTrip implements http.RoundTripper.
-func (t *retryOnDialError) RoundTrip(req *http.Request) (*http.Response, error) {
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	p := pickFrom(req.Context())
 	if p == nil {
 		return t.next.RoundTrip(req)
 	}
-	var body *replayableBody
+	var body *replayBody
 	if req.Body != nil && req.Body != http.NoBody {
-		body = &replayableBody{rc: req.Body}
-		req.Body = body
+		body = &replayBody{src: req.Body}
+	}
+	for attempt := 0; ; attempt++ {
+		addr := p.endpoint().Addr
+		out := attemptRequest(req, addr, body)
+		resp, err := t.try(out, p)
+		if err == nil {
+			return resp, nil
+		}
+		if !t.retry(req, p, body, err, attempt) {
+			return nil, &instanceError{addr: addr, err: err}
+		}
+	}
+}
+
+// attemptRequest is req aimed at addr, with its own view of the body. The
+// transport gets a copy: RoundTrip must not change the caller's request.
+func attemptRequest(req *http.Request, addr string, body *replayBody) *http.Request {
+	out := new(http.Request)
+	*out = *req
+	u := *req.URL
+	u.Host = addr
+	out.URL = &u
+	if body != nil {
+		out.Body = body.attempt()
+	}
+	return out
+}
+
+// try makes one attempt on the pick's current instance, counting it as in
+// flight until its response body is closed.
+func (t *retryTransport) try(req *http.Request, p *pick) (*http.Response, error) {
+	h := p.set.hosts[p.idx]
+	h.active.Add(1)
+	ctx, cancel := req.Context(), context.CancelCauseFunc(nil)
+	var timer *time.Timer
+	if p.policy.TryTimeout > 0 {
+		ctx, cancel = context.WithCancelCause(ctx)
+		timer = time.AfterFunc(p.policy.TryTimeout, func() { cancel(errTryTimeout) })
+		req = req.WithContext(ctx)
 	}
 	resp, err := t.next.RoundTrip(req)
-	if err == nil {
-		return resp, nil
+	if timer != nil && !timer.Stop() && err == nil {
+		// The timer fired as the headers came: the body would fail.
+		resp.Body.Close()
+		resp, err = nil, errTryTimeout
 	}
-	first := &instanceError{addr: req.URL.Host, err: err}
-	var de *dialError
-	if !errors.As(err, &de) || req.Context().Err() != nil || (body != nil && body.read.Load()) {
-		return nil, first
-	}
-	alt, ok := p.set.after(p.endpoint)
-	if !ok {
-		return nil, first
-	}
-	t.log.Debug("dial to instance failed, trying the next one", "service", p.target.watch.name,
-		"failed", req.URL.Host, "next", alt.Addr, "err", err)
-	retry := req.Clone(req.Context())
-	retry.URL.Host = alt.Addr
-	if body != nil {
-		retry.Body = body
-	}
-	resp, err = t.next.RoundTrip(retry)
 	if err != nil {
-		return nil, &instanceError{addr: alt.Addr, err: err}
+		h.active.Add(-1)
+		if cancel != nil {
+			if errors.Is(context.Cause(ctx), errTryTimeout) {
+				err = errTryTimeout
+			}
+			cancel(nil)
+		}
+		return nil, err
 	}
+	now := time.Now()
+	if resp.StatusCode >= 500 && p.policy.Eject5xx {
+		t.failed(p, now)
+	} else {
+		h.succeeded(now.UnixNano(), p.policy)
+	}
+	resp.Body = newCountedBody(resp.Body, func() {
+		h.active.Add(-1)
+		if cancel != nil {
+			cancel(nil)
+		}
+	})
 	return resp, nil
 }
 
-// replayableBody lets a request body outlive a failed dial: the transport
-// closes the body on every error, and the retry still needs it. It is only
-// replayable while nothing was read; the ReverseProxy closes the real body
-// when the handler returns.
-type replayableBody struct {
-	rc   io.ReadCloser
-	read atomic.Bool
+// failed counts a failure of the pick's current instance.
+func (t *retryTransport) failed(p *pick, now time.Time) {
+	if d, ejected := p.set.failed(p.idx, now, p.policy); ejected {
+		t.m.log.Warn("ejecting instance after consecutive failures", "service", p.target.watch.name,
+			"instance", p.endpoint().Addr, "id", p.endpoint().ID, "for", d)
+	}
 }
 
-func (b *replayableBody) Read(p []byte) (int, error) {
-	b.read.Store(true)
-	return b.rc.Read(p)
+// retry decides whether the failed attempt is tried again, and if so moves
+// the pick to the next instance.
+func (t *retryTransport) retry(req *http.Request, p *pick, body *replayBody, err error, attempt int) bool {
+	if p.client.Err() != nil || req.Context().Err() != nil {
+		return false // the app went away, or the request's own timeout passed
+	}
+	now := time.Now()
+	t.failed(p, now)
+	if attempt >= p.policy.Retries || !retryable(err, req.Method) || !body.replayable() {
+		return false
+	}
+	nowNs := now.UnixNano()
+	w := p.target.watch
+	next, ok := w.selector(p.policy).Select(p.set, func(i int) bool {
+		return p.set.available(i, nowNs) && !slices.Contains(p.tried, i)
+	})
+	if !ok {
+		return false
+	}
+	if !w.budget.allow(now, p.policy) {
+		p.budgetDenied = true
+		if last := w.budget.lastDeny.Swap(nowNs); nowNs-last > int64(10*time.Second) {
+			t.m.log.Warn("retry budget exhausted: not retrying", "service", w.name,
+				"budget", p.policy.RetryBudget, "min_per_sec", p.policy.RetryMinPerSec, "denied_so_far", w.budget.denied.Load())
+		}
+		return false
+	}
+	t.m.log.Debug("retrying on another instance", "service", w.name, "method", req.Method,
+		"failed", p.endpoint().Addr, "next", p.set.At(next).Addr, "err", err)
+	p.idx = next
+	p.tried = append(p.tried, next)
+	return true
 }
 
-func (b *replayableBody) Close() error { return nil }
+// retryable reports whether an attempt that failed with err, before any
+// response, may be sent again elsewhere.
+func retryable(err error, method string) bool {
+	var de *dialError
+	if errors.As(err, &de) {
+		return true // never reached the instance
+	}
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
+	default:
+		return false
+	}
+	// The connection failed before a response: reset, closed, or timed
+	// out. A reset while the body was still being written shows as a
+	// write on the connection the transport has closed meanwhile.
+	for _, target := range []error{errTryTimeout, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.EPIPE,
+		syscall.ETIMEDOUT, io.EOF, net.ErrClosed} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}
+
+// countedBody runs done once when the response body is closed. An
+// upgraded connection (101) stays writable, as ReverseProxy needs.
+type countedBody struct {
+	io.ReadCloser
+	done func()
+	once sync.Once
+}
+
+func (b *countedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+type countedRWBody struct {
+	*countedBody
+	w io.Writer
+}
+
+func (b countedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
+func newCountedBody(rc io.ReadCloser, done func()) io.ReadCloser {
+	cb := &countedBody{ReadCloser: rc, done: done}
+	if rw, ok := rc.(io.ReadWriteCloser); ok {
+		return countedRWBody{countedBody: cb, w: rw}
+	}
+	return cb
+}

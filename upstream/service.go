@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,20 +17,45 @@ type healthSource interface {
 	Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
 }
 
-// serviceWatch holds what the mesh knows of one service: its passing
-// instances, swapped as a whole on every change, and its balancer.
+// serviceWatch holds what the mesh knows of one service: the view it
+// routes on, swapped as a whole on every change, its balancers, its retry
+// budget and the runtime state of its instances.
 type serviceWatch struct {
-	name     string
-	selector Selector
-	set      atomic.Pointer[EndpointSet]
+	name   string
+	rr     RoundRobin
+	lr     LeastRequest
+	view   atomic.Pointer[serviceView]
+	budget retryBudget
+	hosts  hostRegistry
 
-	// answered is closed once the first answer of Consul is in.
+	// answered is closed once requests need not wait for Consul: at its
+	// first answer, or at its first failure when the state file gave a view.
 	answered     chan struct{}
 	answeredOnce sync.Once
+	// failingSince is when Consul stopped answering (unix ns), or when the
+	// state file's data was last confirmed; 0 while Consul answers.
+	failingSince atomic.Int64
+	staleLogged  atomic.Bool
+
+	// Owned by the watch's goroutine (and by the state loader before Run).
+	mu            sync.Mutex
+	lastEndpoints []Endpoint // every registered instance of the last answer
+	lastGood      []Endpoint // passing instances of the last answer that had any
+	outageBase    []Endpoint // lastGood when the current failure streak began
+	settleUntil   time.Time
+	lastProblems  string
 }
 
-func newServiceWatch(name string, sel Selector) *serviceWatch {
-	return &serviceWatch{name: name, selector: sel, answered: make(chan struct{})}
+func newServiceWatch(name string) *serviceWatch {
+	return &serviceWatch{name: name, answered: make(chan struct{})}
+}
+
+// selector returns the balancer the policy asks for.
+func (w *serviceWatch) selector(p *Policy) Selector {
+	if p.Balance == BalanceLeastRequest {
+		return w.lr
+	}
+	return &w.rr
 }
 
 func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
@@ -37,34 +63,91 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 		what: fmt.Sprintf("health of %q", w.name),
 		fetch: func(ctx context.Context, waitIndex uint64) ([]*api.ServiceEntry, uint64, error) {
 			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: m.cfg.WaitTime}).WithContext(ctx)
-			entries, meta, err := m.health.Service(w.name, "", true, opts)
+			// Every registered instance, not only passing ones: panic
+			// routing needs them, and a 503 can say they are all critical.
+			entries, meta, err := m.health.Service(w.name, "", false, opts)
 			if err != nil {
-				return nil, 0, fmt.Errorf("asking consul for the passing instances of %q: %w", w.name, err)
+				return nil, 0, fmt.Errorf("asking consul for the instances of %q: %w", w.name, err)
 			}
 			return entries, meta.LastIndex, nil
 		},
+		answered: func(afterFailures int) { w.answeredAgain(afterFailures, m) },
 		apply: func(entries []*api.ServiceEntry) {
 			eps, skipped := endpointsFromHealth(entries)
 			if len(skipped) > 0 {
 				m.log.Warn("ignoring instances without an address or port", "service", w.name, "ids", skipped)
 			}
-			w.update(newEndpointSet(eps), m)
+			w.update(eps, m, false)
 		},
-		failed:  func(error) {},
+		failed:  func(_ error, streak int) { w.failed(streak) },
 		backoff: m.cfg.RetryBackoff,
 		log:     m.log,
 	}
 	q.run(ctx)
 }
 
-// update swaps in set unless it equals the current one.
-func (w *serviceWatch) update(set *EndpointSet, m *Mesh) {
-	old := w.set.Load()
-	if old == nil || !old.equal(set) {
-		w.set.Store(set)
-		m.log.Debug("instances changed", "service", w.name, "count", set.Len())
+// answeredAgain runs on every good answer, before apply.
+func (w *serviceWatch) answeredAgain(afterFailures int, m *Mesh) {
+	w.failingSince.Store(0)
+	w.staleLogged.Store(false)
+	if afterFailures > 0 && m.cfg.SettleTime > 0 {
+		w.mu.Lock()
+		w.settleUntil = time.Now().Add(m.cfg.SettleTime)
+		w.mu.Unlock()
 	}
-	w.answeredOnce.Do(func() { close(w.answered) })
+}
+
+// failed runs on every failed query. The first failure of a streak keeps
+// the instances that were passing, in case Consul comes back with all of
+// them critical; and releases requests waiting for a first answer when the
+// state file gave something to route on.
+func (w *serviceWatch) failed(streak int) {
+	w.failingSince.CompareAndSwap(0, time.Now().UnixNano())
+	if streak == 1 {
+		w.mu.Lock()
+		w.outageBase = w.lastGood
+		w.mu.Unlock()
+	}
+	if w.view.Load() != nil {
+		w.answeredOnce.Do(func() { close(w.answered) })
+	}
+}
+
+// update builds and swaps in the view of eps, unless they equal the last
+// ones and no outage is settling. fromDisk marks instances from the state
+// file, which are no answer of Consul: they neither release waiting
+// requests nor need saving.
+func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
+	now := time.Now()
+	w.mu.Lock()
+	same := w.view.Load() != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil)
+	if !same {
+		v := w.buildView(eps, m, now)
+		w.lastEndpoints = sortedCopy(eps)
+		w.view.Store(v)
+		m.log.Debug("instances changed", "service", w.name, "registered", v.all.Len(), "passing", v.passing.Len(),
+			"settling", v.settle.Len(), "policy", v.policy.Balance, "sticky", v.policy.Sticky)
+	}
+	w.mu.Unlock()
+	if !fromDisk {
+		if !same {
+			m.state.changed()
+		}
+		w.answeredOnce.Do(func() { close(w.answered) })
+	}
+}
+
+func sortedCopy(eps []Endpoint) []Endpoint {
+	c := slices.Clone(eps)
+	sortByNodeID(c)
+	return c
+}
+
+// registered returns every registered instance of the last answer.
+func (w *serviceWatch) registered() []Endpoint {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastEndpoints
 }
 
 // awaitFirstAnswer waits until Consul has answered for the service, at
@@ -84,4 +167,15 @@ func (w *serviceWatch) awaitFirstAnswer(ctx context.Context, timeout time.Durati
 	case <-ctx.Done():
 	}
 	return false
+}
+
+// staleness reports how long the service's view has gone without Consul
+// confirming it, and whether that exceeds maxStale (0: no limit).
+func (w *serviceWatch) staleness(now time.Time, maxStale time.Duration) (time.Duration, bool) {
+	since := w.failingSince.Load()
+	if since == 0 {
+		return 0, false
+	}
+	age := time.Duration(now.UnixNano() - since)
+	return age, maxStale > 0 && age > maxStale
 }

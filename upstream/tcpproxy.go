@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
+	"time"
 )
 
 // closeWriter is a connection that can end one direction only, as
@@ -15,50 +17,67 @@ type closeWriter interface {
 	CloseWrite() error
 }
 
-// dialAny dials the selector's pick and, while dials fail, the instances
-// after it, each at most once.
-func (m *Mesh) dialAny(ctx context.Context, w *serviceWatch) (net.Conn, Endpoint, error) {
-	set := w.set.Load()
-	first, ok := w.selector.Select(set, nil)
-	if !ok {
-		return nil, Endpoint{}, fmt.Errorf("no healthy instance of service %q", w.name)
+// dialAny dials the selector's pick and, while dials fail, other
+// instances (a failed dial never reached the instance), as the service's
+// retries and retry budget allow. It returns the connection with the
+// instance's runtime state, which counts it as in flight.
+func (m *Mesh) dialAny(ctx context.Context, w *serviceWatch, answered bool) (net.Conn, Endpoint, *hostState, error) {
+	set, v, _, msg := m.route(w, time.Now(), answered)
+	if set == nil {
+		return nil, Endpoint{}, nil, errors.New(msg)
 	}
-	start := 0
-	for i := range set.Len() {
-		if e := set.At(i); e.ID == first.ID && e.Node == first.Node {
-			start = i
+	p := &v.policy
+	sel := w.selector(p)
+	w.budget.request()
+	var (
+		tried []int
+		errs  []error
+	)
+	for attempt := 0; attempt <= p.Retries; attempt++ {
+		now := time.Now()
+		nowNs := now.UnixNano()
+		i, ok := sel.Select(set, func(i int) bool { return set.available(i, nowNs) && !slices.Contains(tried, i) })
+		if !ok && attempt == 0 {
+			i, ok = sel.Select(set, nil) // never all are ejected; a race at most
+		}
+		if !ok {
 			break
 		}
-	}
-	var errs []error
-	for k := range max(set.Len(), 1) {
-		e := first
-		if set.Len() > 0 {
-			e = set.At((start + k) % set.Len())
+		if attempt > 0 && !w.budget.allow(now, p) {
+			errs = append(errs, errors.New("not retried: retry budget exhausted"))
+			break
 		}
+		tried = append(tried, i)
+		e := set.At(i)
 		c, err := m.cfg.Dialer.DialContext(ctx, "tcp", e.Addr)
 		if err == nil {
-			return c, e, nil
+			set.hosts[i].succeeded(time.Now().UnixNano(), p)
+			return c, e, set.hosts[i], nil
 		}
 		errs = append(errs, fmt.Errorf("instance %s: %w", e.Addr, err))
 		if ctx.Err() != nil {
 			break
 		}
+		if d, ejected := set.failed(i, time.Now(), p); ejected {
+			m.log.Warn("ejecting instance after consecutive failures", "service", w.name, "instance", e.Addr, "id", e.ID, "for", d)
+		}
 	}
-	return nil, Endpoint{}, fmt.Errorf("dialling service %q: %w", w.name, errors.Join(errs...))
+	return nil, Endpoint{}, nil, fmt.Errorf("dialling service %q: %w", w.name, errors.Join(errs...))
 }
 
 // serveTCP proxies one raw connection: the sniffed bytes first, then both
 // directions until each has ended.
 func (m *Mesh) serveTCP(ctx context.Context, live *liveConn, client net.Conn, peeked []byte, w *serviceWatch) {
 	defer client.Close()
-	w.awaitFirstAnswer(ctx, m.cfg.FirstAnswerTimeout)
-	up, e, err := m.dialAny(ctx, w)
+	answered := w.awaitFirstAnswer(ctx, m.cfg.FirstAnswerTimeout)
+	up, e, h, err := m.dialAny(ctx, w, answered)
 	if err != nil {
 		m.log.Warn("cannot proxy tcp connection", "service", w.name, "err", err)
 		return
 	}
 	defer up.Close()
+	h.active.Add(1) // least-request counts raw connections as requests in flight
+	defer h.active.Add(-1)
 	if !live.attach(up) {
 		return // Shutdown or ctx closed the app's side meanwhile
 	}

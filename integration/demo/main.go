@@ -123,4 +123,3 @@ func tally(m map[string]int) string {
 func say(format string, args ...any) {
 	fmt.Printf("==> "+format+"\n", args...)
 }
-

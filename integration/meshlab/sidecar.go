@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -56,6 +57,7 @@ func (s *Sidecar) StartMeshlet() error {
 	argv := append([]string{s.w.Bins.Meshlet, "run",
 		"--consul", s.w.ConsulAddr(),
 		"--resolv-conf", s.Resolv,
+		"--state-dir", filepath.Join(s.w.Lab.Dir(), "state-"+s.Name),
 		"--log-level", "debug",
 	}, s.Args...)
 	env := append([]string{"HOSTNAME=" + s.Name}, s.Env...)

@@ -233,6 +233,7 @@ func (w *World) StartMeshlet(extra ...string) (*netlab.Proc, error) {
 	args := append([]string{w.Bins.Meshlet, "run",
 		"--consul", w.ConsulAddr(),
 		"--resolv-conf", w.AppResolv,
+		"--state-dir", filepath.Join(w.Lab.Dir(), "state-app"),
 		"--log-level", "debug",
 	}, extra...)
 	return w.App.Start("meshlet", nil, args...)

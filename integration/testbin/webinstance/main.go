@@ -9,6 +9,9 @@
 //	GET  /bytes?n=N   N bytes of payload (N ≤ 64 MiB)
 //	POST /echo        the request body back
 //	GET  /slow?ms=N   answers after N ms (N ≤ 60000)
+//	POST /admin/delay?ms=N  makes every later GET / answer N ms late (N ≤ 60000; 0: at once)
+//	GET  /payload     a fixed body of -payload-size bytes (default 1 KiB), built
+//	                  once, with X-Instance: the benchmarks' request
 package main
 
 import (
@@ -25,16 +28,28 @@ import (
 func main() {
 	listen := flag.String("listen", ":8080", "address to serve on")
 	name := flag.String("name", "web", "instance name to answer with")
+	payloadSize := flag.Int("payload-size", 1024, "bytes of the body of GET /payload")
 	flag.Parse()
+	if *payloadSize < 0 || *payloadSize > 64<<20 {
+		log.Fatalf("-payload-size %d: want 0..67108864", *payloadSize)
+	}
 
 	var healthy atomic.Bool
 	healthy.Store(true)
 	var count atomic.Int64
+	var delay atomic.Int64 // ms added to every answer of /
 	body := []byte(*name + "\n")
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		count.Add(1)
+		if d := delay.Load(); d > 0 {
+			select {
+			case <-time.After(time.Duration(d) * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		}
 		h := w.Header()
 		h.Set("X-Instance", *name)
 		h.Set("X-Seen-Host", r.Host)
@@ -63,6 +78,15 @@ func main() {
 		}
 		io.WriteString(w, "done\n")
 	})
+	mux.HandleFunc("POST /admin/delay", func(w http.ResponseWriter, r *http.Request) {
+		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
+		if err != nil || ms < 0 || ms > 60000 {
+			http.Error(w, "ms must be 0..60000", http.StatusBadRequest)
+			return
+		}
+		delay.Store(int64(ms))
+		io.WriteString(w, "done\n")
+	})
 	mux.HandleFunc("/admin/count", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d\n", count.Load())
 	})
@@ -86,6 +110,19 @@ func main() {
 			}
 			n -= k
 		}
+	})
+	payload := make([]byte, *payloadSize)
+	for i := range payload {
+		payload[i] = 'a' + byte(i%26)
+	}
+	payloadLen := strconv.Itoa(len(payload))
+	mux.HandleFunc("GET /payload", func(w http.ResponseWriter, r *http.Request) {
+		count.Add(1)
+		h := w.Header()
+		h["X-Instance"] = []string{*name}
+		h["Content-Type"] = []string{"text/plain"}
+		h["Content-Length"] = []string{payloadLen}
+		w.Write(payload)
 	})
 	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
 		count.Add(1)

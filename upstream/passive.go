@@ -1,0 +1,112 @@
+package upstream
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// hostState is the runtime state of one instance, shared by every set the
+// instance is in and kept across changes of the set: requests in flight
+// (for least-request) and passive health (consecutive failures and
+// ejection). Selectors ask it one question: available.
+type hostState struct {
+	active       atomic.Int64
+	failures     atomic.Int64 // consecutive
+	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
+	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
+}
+
+// available reports whether the instance is not ejected at now.
+func (h *hostState) available(now int64) bool {
+	return h.ejectedUntil.Load() <= now
+}
+
+// succeeded resets the failure streak. An instance that has served well
+// for a whole base ejection time after its last ejection ended starts
+// again from a single ejection time.
+func (h *hostState) succeeded(now int64, p *Policy) {
+	if h.failures.Load() != 0 {
+		h.failures.Store(0)
+	}
+	if h.ejections.Load() != 0 {
+		if until := h.ejectedUntil.Load(); now-until > int64(p.EjectTime) {
+			h.ejections.Store(0)
+		}
+	}
+}
+
+// maxEjectionFactor caps the multiplication of the ejection time.
+const maxEjectionFactor = 10
+
+// failed counts a failure of host i of set and ejects it once it has
+// failed p.EjectAfter times in a row, unless that would eject more than
+// p.EjectMaxShare of the set or leave none of it available. It reports
+// whether it ejected the instance, and for how long.
+func (s *EndpointSet) failed(i int, now time.Time, p *Policy) (time.Duration, bool) {
+	h := s.hosts[i]
+	n := h.failures.Add(1)
+	if p.EjectAfter <= 0 || n < int64(p.EjectAfter) {
+		return 0, false
+	}
+	s.ejectMu.Lock()
+	defer s.ejectMu.Unlock()
+	nowNs := now.UnixNano()
+	if !h.available(nowNs) {
+		return 0, false // already out; a request that started before counts no more
+	}
+	ejected := 0
+	for _, o := range s.hosts {
+		if !o.available(nowNs) {
+			ejected++
+		}
+	}
+	allowed := int(float64(s.Len()) * p.EjectMaxShare)
+	if p.EjectMaxShare > 0 {
+		allowed = max(allowed, 1) // one instance of two may go, even at 10%
+	}
+	if ejected+1 > allowed || ejected+1 >= s.Len() {
+		return 0, false
+	}
+	k := min(h.ejections.Add(1), maxEjectionFactor)
+	d := time.Duration(k) * p.EjectTime
+	h.ejectedUntil.Store(nowNs + int64(d))
+	h.failures.Store(0)
+	return d, true
+}
+
+// hostRegistry hands out the hostState of each instance, the same one for
+// as long as the instance is registered.
+type hostRegistry struct {
+	mu    sync.Mutex
+	hosts map[string]*hostState
+}
+
+func hostKey(e Endpoint) string { return e.Node + "\x00" + e.ID }
+
+// get returns the state of e, made if new.
+func (r *hostRegistry) get(e Endpoint) *hostState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hosts == nil {
+		r.hosts = map[string]*hostState{}
+	}
+	h := r.hosts[hostKey(e)]
+	if h == nil {
+		h = &hostState{}
+		r.hosts[hostKey(e)] = h
+	}
+	return h
+}
+
+// keep forgets the state of every instance not in keep: one that comes
+// back later starts afresh.
+func (r *hostRegistry) keep(keep map[string]bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.hosts {
+		if !keep[k] {
+			delete(r.hosts, k)
+		}
+	}
+}
