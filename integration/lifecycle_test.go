@@ -108,9 +108,10 @@ func TestConsulUnreachableAtStart(t *testing.T) {
 	}
 	var code int
 	var body string
-	for i := 0; i < 50; i++ {
+	// The admin server starts first; wait until only Consul is missing.
+	for i := 0; i < 100; i++ {
 		code, body, err = w.AdminGet(ctx, "/readyz")
-		if err == nil {
+		if err == nil && !strings.Contains(body, "not bound") && !strings.Contains(body, "not installed") {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
