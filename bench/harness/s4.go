@@ -1,0 +1,197 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// S4's targets.
+const (
+	s4Mesh      = "meshlet: mesh names (*.local)"
+	s4Forwarded = "meshlet → unbound: forwarded names"
+	s4Direct    = "unbound directly"
+	// The same two at a fixed rate, where the core is not saturated: the
+	// forwarding overhead as latency rather than as a share of one core
+	// that meshlet and unbound both need.
+	s4ForwardedFixed = "meshlet → unbound at a fixed rate"
+	s4DirectFixed    = "unbound directly at a fixed rate"
+)
+
+var (
+	dnsperfQPS     = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
+	dnsperfLost    = regexp.MustCompile(`Queries lost:\s+(\d+)`)
+	dnsperfLatency = regexp.MustCompile(`Average Latency \(s\):\s+([0-9.]+)`)
+	dnsperfRcodes  = regexp.MustCompile(`Response codes:\s+(.*)`)
+	dnsperfRcode   = regexp.MustCompile(`([A-Z]+) (\d+) \(`)
+)
+
+// Local ports of the dnsperf runs: fixed, and below the ephemeral range,
+// so that no run shares a conntrack entry with meshlet's forwarding
+// sockets (which would send it past the redirect; see runS4).
+const (
+	dnsperfMeshPort    = 20053
+	dnsperfOutsidePort = 20054
+)
+
+type dnsperfResult struct {
+	qps       float64
+	lost      int
+	latencyUs float64
+	rcodes    map[string]int
+}
+
+func parseDnsperf(out string) (dnsperfResult, error) {
+	q, lo, la := dnsperfQPS.FindStringSubmatch(out), dnsperfLost.FindStringSubmatch(out), dnsperfLatency.FindStringSubmatch(out)
+	if q == nil || lo == nil || la == nil {
+		return dnsperfResult{}, fmt.Errorf("no statistics in dnsperf output:\n%s", out)
+	}
+	var r dnsperfResult
+	r.qps, _ = strconv.ParseFloat(q[1], 64)
+	r.lost, _ = strconv.Atoi(lo[1])
+	lat, _ := strconv.ParseFloat(la[1], 64)
+	r.latencyUs = lat * 1e6
+	r.rcodes = map[string]int{}
+	if rc := dnsperfRcodes.FindStringSubmatch(out); rc != nil {
+		for _, m := range dnsperfRcode.FindAllStringSubmatch(rc[1], -1) {
+			r.rcodes[m[1]], _ = strconv.Atoi(m[2])
+		}
+	}
+	return r, nil
+}
+
+// dnsperf runs one bounded dnsperf from the app host on the load core: one
+// socket, at most 100 queries outstanding, limit queries/s when > 0.
+func (l *lab) dnsperf(ctx context.Context, port, localPort int, data string, d time.Duration, limit float64) (dnsperfResult, error) {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	argv := []string{"dnsperf", "-s", l.unbound.IP.String(), "-p", strconv.Itoa(port), "-x", strconv.Itoa(localPort), "-d", data,
+		"-l", strconv.Itoa(secs), "-T", "1", "-c", "1", "-q", "100", "-t", "1"}
+	if limit > 0 {
+		argv = append(argv, "-Q", strconv.Itoa(int(limit)))
+	}
+	out, err := runIn(ctx, l.w.App, time.Duration(secs)*time.Second+30*time.Second, pinned(l.loadCPU, argv...)...)
+	if err != nil {
+		return dnsperfResult{}, err
+	}
+	return parseDnsperf(out)
+}
+
+// runS4 measures DNS: mesh names answered by meshlet, other names
+// forwarded by meshlet to the app's resolver (unbound, answering from
+// local data), and the same names asked of unbound directly. The app asks
+// unbound's address on port 53, which the redirect hands to meshlet; the
+// direct runs use unbound's second port, which the redirect leaves alone,
+// so both paths start and end in the same places.
+func runS4(ctx context.Context, l *lab, rep *Report) error {
+	cfg := l.cfg
+	mesh := []string{"web.local A", "bulk.local A"}
+	for _, s := range footprintServices() {
+		mesh = append(mesh, s+".local A")
+	}
+	var outside []string
+	for _, n := range outsideNames(100) {
+		outside = append(outside, n+" A")
+	}
+	meshFile, err := writeFile(l.dir, "dns-mesh.txt", strings.Join(mesh, "\n")+"\n")
+	if err != nil {
+		return err
+	}
+	outsideFile, err := writeFile(l.dir, "dns-outside.txt", strings.Join(outside, "\n")+"\n")
+	if err != nil {
+		return err
+	}
+	// Each mesh name once, so that its service is known and watched.
+	for _, m := range mesh {
+		name := strings.Fields(m)[0]
+		if _, err := l.resolve(ctx, name); err != nil {
+			return fmt.Errorf("resolving %s: %w", name, err)
+		}
+	}
+	type dnsTarget struct {
+		name            string
+		port, localPort int
+		file            string
+		limit           float64 // q/s; 0: as fast as it answers
+	}
+	targets := []dnsTarget{
+		{s4Mesh, 53, dnsperfMeshPort, meshFile, 0},
+		{s4Forwarded, 53, dnsperfOutsidePort, outsideFile, 0},
+		{s4Direct, unboundDirect, dnsperfOutsidePort, outsideFile, 0},
+	}
+	if cfg.S4FixedRate > 0 {
+		targets = append(targets, []dnsTarget{
+			{s4ForwardedFixed, 53, dnsperfOutsidePort, outsideFile, cfg.S4FixedRate},
+			{s4DirectFixed, unboundDirect, dnsperfOutsidePort, outsideFile, cfg.S4FixedRate},
+		}...)
+	}
+	for _, t := range targets {
+		rep.S4 = append(rep.S4, S4Row{Target: t.name})
+	}
+	for r := range cfg.rounds() {
+		for _, t := range targets {
+			res, err := l.dnsperf(ctx, t.port, t.localPort, t.file, cfg.S4Duration, t.limit)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			reruns := 0
+			// Queries lost at full speed: find a rate without loss, at most
+			// three steps down.
+			for res.lost > 0 && reruns < 3 && t.limit == 0 {
+				reruns++
+				limit := 0.85 * res.qps
+				l.log("S4 round %d %s: %d lost at %.0f q/s, again at %.0f", r, t.name, res.lost, res.qps, limit)
+				if res, err = l.dnsperf(ctx, t.port, t.localPort, t.file, cfg.S4Duration, limit); err != nil {
+					return fmt.Errorf("%s: %w", t.name, err)
+				}
+			}
+			l.log("S4 round %d %-36s %8.0f q/s  %5.0f µs avg  %d lost", r, t.name, res.qps, res.latencyUs, res.lost)
+			if !cfg.measured(r) {
+				continue
+			}
+			row := rep.s4(t.name)
+			row.QPS = append(row.QPS, res.qps)
+			row.LatencyUs = append(row.LatencyUs, res.latencyUs)
+			row.Lost += res.lost
+			row.Reruns += reruns
+			for code, n := range res.rcodes {
+				if code != "NOERROR" {
+					row.NotNoerror += n
+				}
+			}
+		}
+		{
+			t := targets[1]
+			// Right after forwarding load: do the app's own lookups, from
+			// ephemeral ports as a stub resolver's, still reach meshlet?
+			probes, bypassed := l.probeBypass(ctx, 200)
+			l.log("S4 round %d: %d of %d mesh lookups from ephemeral ports got no VIP after %s", r, bypassed, probes, t.name)
+			if cfg.measured(r) {
+				rep.S4Bypass.Probes += probes
+				rep.S4Bypass.Bypassed += bypassed
+			}
+		}
+	}
+	return nil
+}
+
+// probeBypass sends n lookups of web.local the way the app's stub resolver
+// does (a new socket on an ephemeral port each) and counts those that got
+// no VIP. meshlet forwards every outside query from a new socket on an
+// ephemeral port; its conntrack entry (not redirected: the socket is
+// marked) lives on for 30 s, and an app query that happens to leave from
+// the same port to the same resolver matches it and reaches the resolver
+// itself, past meshlet.
+func (l *lab) probeBypass(ctx context.Context, n int) (probes, bypassed int) {
+	server := netip.AddrPortFrom(l.unbound.IP, 53)
+	for range n {
+		probes++
+		if a, err := l.queryFrom(ctx, l.w.App, 0, server, "web.local"); err != nil || a != l.webVIP {
+			bypassed++
+		}
+	}
+	return probes, bypassed
+}
