@@ -316,7 +316,7 @@ func (r *Report) Print(w io.Writer) {
 
 	if len(r.S1) > 0 {
 		fmt.Fprintf(w, "## S1 HTTP/1.1 keep-alive, 1 KiB answers, 3 instances (wrk -t1, %v per run)\n\n", c.S1Duration)
-		fmt.Fprintln(w, "| policy | conns | target | req/s | CPU-s per 10k req | read(2)/write(2) per req (meshlet) | context switches per req | errors | req/s vs nginx | req/s vs HAProxy |")
+		fmt.Fprintln(w, "| policy | conns | target | req/s | CPU-s per 10k req | read(2)/write(2) per req (Go proxies) | context switches per req | errors | req/s vs nginx | req/s vs HAProxy |")
 		fmt.Fprintln(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 		for _, row := range r.S1 {
 			cpu, sys, sw := "–", "–", "–"
