@@ -194,24 +194,7 @@ func (w *World) AddInstance(ctx context.Context, name string) (*Instance, error)
 }
 
 // Register (re-)registers an instance in Consul.
-func (w *World) Register(inst *Instance) error {
-	reg := &api.AgentServiceRegistration{
-		ID:      inst.Name,
-		Name:    w.Opts.Service,
-		Address: inst.Host.IP.String(),
-		Port:    8080,
-		Check: &api.AgentServiceCheck{
-			CheckID:  "check-" + inst.Name,
-			HTTP:     inst.URL("/health"),
-			Interval: "1s",
-			Timeout:  "1s",
-		},
-	}
-	if err := w.Consul.Agent().ServiceRegister(reg); err != nil {
-		return fmt.Errorf("registering %s: %w", inst.Name, err)
-	}
-	return nil
-}
+func (w *World) Register(inst *Instance) error { return w.RegisterMeta(inst, nil) }
 
 // WaitPassing waits until service has exactly n passing instances.
 func (w *World) WaitPassing(ctx context.Context, service string, n int) error {
