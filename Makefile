@@ -14,8 +14,11 @@ test: deps
 deps:
 	scripts/deps.sh
 
+# The version `meshlet version` prints: the nearest tag, or the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
 build:
-	CGO_ENABLED=0 go build -o bin/meshlet .
+	CGO_ENABLED=0 go build -ldflags "-X github.com/meshlet/meshlet/agent.Version=$(VERSION)" -o bin/meshlet .
 
 unit:
 	go test -count=1 $$(go list ./... | grep -v /integration)

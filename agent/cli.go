@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/meshlet/meshlet/intercept"
@@ -30,7 +31,44 @@ Usage:
 `
 
 // Version is set at build time with -ldflags "-X github.com/meshlet/meshlet/agent.Version=...".
+// Without it, `meshlet version` tells what the Go toolchain recorded.
 var Version = "dev"
+
+func buildInfo() *debug.BuildInfo {
+	bi, _ := debug.ReadBuildInfo()
+	return bi
+}
+
+// versionString is the version a user reports with a bug: the release
+// when one was stamped, else the commit the binary was built from (marked
+// "+dirty" when the tree had changes), and the Go version either way.
+func versionString(stamped string, bi *debug.BuildInfo) string {
+	if bi == nil {
+		return stamped
+	}
+	v := stamped
+	if v == "dev" {
+		var rev, modified string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			}
+		}
+		switch {
+		case rev != "":
+			v = "dev-" + rev[:min(12, len(rev))]
+			if modified == "true" {
+				v += "+dirty"
+			}
+		case bi.Main.Version != "" && bi.Main.Version != "(devel)":
+			v = bi.Main.Version // go install ...@version
+		}
+	}
+	return v + " (" + bi.GoVersion + ")"
+}
 
 // Main runs the meshlet command line and returns the exit code.
 func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
@@ -48,7 +86,7 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	case "intercept":
 		return interceptCommand(args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
-		fmt.Fprintf(stdout, "meshlet %s\n", Version)
+		fmt.Fprintf(stdout, "meshlet %s\n", versionString(Version, buildInfo()))
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

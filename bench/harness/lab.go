@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -114,7 +113,7 @@ func startLab(ctx context.Context, cfg Config, logf func(string, ...any)) (l *la
 	if l.bins, err = meshlab.Build(ctx, bindir); err != nil {
 		return l, err
 	}
-	if l.root, err = repoRoot(ctx); err != nil {
+	if l.root, err = meshlab.RepoRoot(ctx); err != nil {
 		return l, err
 	}
 	l.loadgen = filepath.Join(bindir, "loadgen")
@@ -174,18 +173,6 @@ func startLab(ctx context.Context, cfg Config, logf func(string, ...any)) (l *la
 	return l, nil
 }
 
-func repoRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("finding the repository: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("finding the repository: not inside the meshlet module")
-	}
-	return filepath.Dir(mod), nil
-}
-
 func (l *lab) startUnbound(ctx context.Context) error {
 	h, err := l.w.Lab.AddHost("unbound")
 	if err != nil {
@@ -200,10 +187,10 @@ func (l *lab) startUnbound(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return poll(ctx, 15*time.Second, "unbound to answer", func() error {
+	return meshlab.Poll(ctx, 15*time.Second, "unbound to answer", func() error {
 		select {
 		case <-p.Done():
-			return stopPolling(fmt.Errorf("unbound exited: %s", tail(p.Output())))
+			return meshlab.StopPolling(fmt.Errorf("unbound exited: %s", meshlab.Tail(p.Output())))
 		default:
 		}
 		_, err := l.query(ctx, h, netip.AddrPortFrom(h.IP, unboundDirect), outsideNames(1)[0])
@@ -281,10 +268,10 @@ func (l *lab) startBulk(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("registering bulk: %w", err)
 	}
-	return poll(ctx, 10*time.Second, "the bulk server", func() error {
+	return meshlab.Poll(ctx, 10*time.Second, "the bulk server", func() error {
 		select {
 		case <-p.Done():
-			return stopPolling(fmt.Errorf("bulk server exited: %s", tail(p.Output())))
+			return meshlab.StopPolling(fmt.Errorf("bulk server exited: %s", meshlab.Tail(p.Output())))
 		default:
 		}
 		c, err := l.w.App.DialContext(ctx, "tcp", l.bulkAddr().String())
@@ -415,10 +402,10 @@ func (l *lab) startProxies(ctx context.Context) error {
 		{l.haproxy, fmt.Sprintf("http://127.0.0.1:%d/payload", haproxyPort)},
 		{l.gomin, fmt.Sprintf("http://127.0.0.1:%d/payload", goMinimalPort)},
 	} {
-		err := poll(ctx, 15*time.Second, p.proc.Name+" to answer", func() error {
+		err := meshlab.Poll(ctx, 15*time.Second, p.proc.Name+" to answer", func() error {
 			select {
 			case <-p.proc.Done():
-				return stopPolling(fmt.Errorf("%s exited: %s", p.proc.Name, tail(p.proc.Output())))
+				return meshlab.StopPolling(fmt.Errorf("%s exited: %s", p.proc.Name, meshlab.Tail(p.proc.Output())))
 			default:
 			}
 			resp, err := l.w.App.HTTPClient(2 * time.Second).Get(p.url)
@@ -449,7 +436,7 @@ type meshletState struct {
 // waitEndpoints waits until meshlet knows n healthy instances of each of
 // services.
 func (l *lab) waitEndpoints(ctx context.Context, n int, services ...string) error {
-	return poll(ctx, 20*time.Second, fmt.Sprintf("meshlet to see %d instances of %v", n, services), func() error {
+	return meshlab.Poll(ctx, 20*time.Second, fmt.Sprintf("meshlet to see %d instances of %v", n, services), func() error {
 		code, body, err := l.w.AdminGet(ctx, "/v1/state")
 		if err != nil {
 			return err
@@ -487,37 +474,4 @@ func runIn(ctx context.Context, host *netlab.Host, limit time.Duration, argv ...
 		return string(out), fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), host.Name, err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out), nil
-}
-
-// errStopPolling ends a poll at once.
-type errStopPolling struct{ error }
-
-func stopPolling(err error) error { return errStopPolling{err} }
-
-func poll(ctx context.Context, limit time.Duration, what string, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		var stop errStopPolling
-		if errors.As(err, &stop) {
-			return fmt.Errorf("waiting for %s: %w", what, stop.error)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (last: %v)", what, ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func tail(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > 10 {
-		lines = lines[len(lines)-10:]
-	}
-	return strings.Join(lines, "\n")
 }

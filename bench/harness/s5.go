@@ -128,10 +128,10 @@ func runS5(ctx context.Context, l *lab, rep *Report) error {
 func (l *lab) waitServing(ctx context.Context, inst *meshlab.Instance) (time.Duration, error) {
 	start := time.Now()
 	client := l.w.App.HTTPClient(2 * time.Second)
-	err := poll(ctx, 3*time.Minute, "requests through meshlet to reach "+inst.Name, func() error {
+	err := meshlab.Poll(ctx, 3*time.Minute, "requests through meshlet to reach "+inst.Name, func() error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.meshletTarget("/payload").url, nil)
 		if err != nil {
-			return stopPolling(err)
+			return meshlab.StopPolling(err)
 		}
 		req.Host = "web.local"
 		for range 6 {

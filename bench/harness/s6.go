@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/meshlet/meshlet/integration/meshlab"
 )
 
 // watchFootprintServices makes meshlet watch the 10 footprint services
@@ -13,7 +15,7 @@ func (l *lab) watchFootprintServices(ctx context.Context) error {
 	for _, s := range footprintServices() {
 		if _, err := l.resolve(ctx, s+".local"); err != nil {
 			rules, _ := l.w.App.Run(ctx, "iptables", "-t", "nat", "-S")
-			return fmt.Errorf("resolving %s.local: %w\nrules in the app host:\n%s\nmeshlet's log:\n%s", s, err, rules, tail(l.meshlet.Output()))
+			return fmt.Errorf("resolving %s.local: %w\nrules in the app host:\n%s\nmeshlet's log:\n%s", s, err, rules, meshlab.Tail(l.meshlet.Output()))
 		}
 	}
 	if _, err := l.resolve(ctx, "web.local"); err != nil {

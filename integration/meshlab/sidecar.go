@@ -97,10 +97,10 @@ func (s *Sidecar) AdminGet(ctx context.Context, path string) (int, string, error
 
 // WaitReady waits for the sidecar's /readyz.
 func (s *Sidecar) WaitReady(ctx context.Context) error {
-	return poll(ctx, 30*time.Second, s.Name+"'s meshlet to be ready", func() error {
+	return Poll(ctx, 30*time.Second, s.Name+"'s meshlet to be ready", func() error {
 		select {
 		case <-s.Meshlet.Done():
-			return errStop{fmt.Errorf("meshlet exited: %s", tail(s.Meshlet.Output()))}
+			return StopPolling(fmt.Errorf("meshlet exited: %s", Tail(s.Meshlet.Output())))
 		default:
 		}
 		code, body, err := s.AdminGet(ctx, "/readyz")
@@ -166,7 +166,7 @@ func (w *World) Registrations(ctx context.Context, service string) (map[string]R
 // of service, and returns them.
 func (w *World) WaitRegistration(ctx context.Context, service string, limit time.Duration, what string, cond func(map[string]Registration) error) (map[string]Registration, error) {
 	var regs map[string]Registration
-	err := poll(ctx, limit, what, func() error {
+	err := Poll(ctx, limit, what, func() error {
 		var err error
 		if regs, err = w.Registrations(ctx, service); err != nil {
 			return err

@@ -160,10 +160,10 @@ func (w *World) startConsul(ctx context.Context) error {
 			return err
 		}
 	}
-	return poll(ctx, 60*time.Second, "consul to elect itself leader", func() error {
+	return Poll(ctx, 60*time.Second, "consul to elect itself leader", func() error {
 		select {
 		case <-w.ConsulProc.Done():
-			return errStop{fmt.Errorf("consul exited: %s", tail(w.ConsulProc.Output()))}
+			return StopPolling(fmt.Errorf("consul exited: %s", Tail(w.ConsulProc.Output())))
 		default:
 		}
 		leader, err := w.Consul.Status().Leader()
@@ -198,7 +198,7 @@ func (w *World) Register(inst *Instance) error { return w.RegisterMeta(inst, nil
 
 // WaitPassing waits until service has exactly n passing instances.
 func (w *World) WaitPassing(ctx context.Context, service string, n int) error {
-	return poll(ctx, 30*time.Second, fmt.Sprintf("%d passing instances of %s", n, service), func() error {
+	return Poll(ctx, 30*time.Second, fmt.Sprintf("%d passing instances of %s", n, service), func() error {
 		entries, _, err := w.Consul.Health().Service(service, "", true, nil)
 		if err != nil {
 			return err
@@ -239,11 +239,11 @@ func (w *World) AdminGet(ctx context.Context, path string) (int, string, error) 
 
 // WaitReady waits for meshlet's /readyz on the app host.
 func (w *World) WaitReady(ctx context.Context) error {
-	return poll(ctx, 30*time.Second, "meshlet to be ready", func() error {
+	return Poll(ctx, 30*time.Second, "meshlet to be ready", func() error {
 		if w.Meshlet != nil {
 			select {
 			case <-w.Meshlet.Done():
-				return errStop{fmt.Errorf("meshlet exited: %s", tail(w.Meshlet.Output()))}
+				return StopPolling(fmt.Errorf("meshlet exited: %s", Tail(w.Meshlet.Output())))
 			default:
 			}
 		}
@@ -272,38 +272,6 @@ func (w *World) Close() error {
 	return w.Lab.Close()
 }
 
-// errStop ends a poll at once.
-type errStop struct{ error }
-
-func poll(ctx context.Context, limit time.Duration, what string, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	var last error
-	for {
-		last = f()
-		if last == nil {
-			return nil
-		}
-		var stop errStop
-		if errors.As(last, &stop) {
-			return fmt.Errorf("waiting for %s: %w", what, stop.error)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (last: %v)", what, ctx.Err(), last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func tail(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // Binaries are the programs a world runs.
 type Binaries struct {
 	Meshlet, Consul, WebInstance string
@@ -313,7 +281,7 @@ type Binaries struct {
 // Consul: $MESHLET_CONSUL_BIN, or the project's scripts/consul.sh (which
 // builds it once and caches it).
 func Build(ctx context.Context, dir string) (Binaries, error) {
-	root, err := repoRoot(ctx)
+	root, err := RepoRoot(ctx)
 	if err != nil {
 		return Binaries{}, err
 	}
@@ -343,16 +311,4 @@ func Build(ctx context.Context, dir string) (Binaries, error) {
 		return b, fmt.Errorf("consul binary: %w", err)
 	}
 	return b, nil
-}
-
-func repoRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("finding the repository: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("finding the repository: not inside the meshlet module")
-	}
-	return filepath.Dir(mod), nil
 }
