@@ -40,3 +40,32 @@ func TestAddress(t *testing.T) {
 		t.Errorf("the default template: %v", err)
 	}
 }
+
+// TestCheckTemplate: mistakes that text/template finds only when the
+// address is evaluated stop meshlet at start-up, with the reason.
+func TestCheckTemplate(t *testing.T) {
+	tests := []struct {
+		tmpl    string
+		wantErr string // empty: valid
+	}{
+		{DefaultAddressTemplate, ""},
+		{`{{ GetInterfaceIP "eth0" }}`, ""},
+		{`{{ GetAllInterfaces | include "flags" "forwardable" | sort "default,type,size" | limit 1 | attr "address" }}`, ""},
+		{`{{ GetPrivateIP | include "name" "lo" }}`, `include takes interface addresses piped in, not a string`},
+		{`{{ GetAllInterfaces | limit "1" | attr "address" }}`, `argument 1 of limit: want a non-negative integer, got a string ("1")`},
+		{`{{ GetInterfaceIP }}`, `GetInterfaceIP takes 1 argument, got 0`},
+		{`{{ GetInterfaceIP "eth0" "eth1" }}`, `GetInterfaceIP takes 1 argument, got 2`},
+		{`{{ NoSuchFunction }}`, `is not a go-sockaddr template: function "NoSuchFunction" is not a go-sockaddr template function (at byte 3)`},
+		{`{{ GetInterfaceIP "eth0 }}`, `is not a go-sockaddr template: unterminated quoted string (at byte 18)`},
+		{`{{ range GetAllInterfaces }}{{ . }}{{ end }}`, `uses a go-sockaddr template feature meshlet does not evaluate: the "range" action is not supported`},
+	}
+	for _, tt := range tests {
+		err := CheckTemplate(tt.tmpl)
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("CheckTemplate(%q) = %v; want nil", tt.tmpl, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), `"`)):
+			t.Errorf("CheckTemplate(%q) = %v; want an error with %q", tt.tmpl, err, tt.wantErr)
+		}
+	}
+}
