@@ -46,6 +46,10 @@ type Config struct {
 	// MeshletEnv is added to meshlet's environment (GOGC=200, GODEBUG=...),
 	// to measure a runtime setting before proposing it.
 	MeshletEnv []string
+	// MeshletBin, when set, is the meshlet binary measured instead of the
+	// one built from the tree (an earlier commit's, for a before/after
+	// with everything else the same).
+	MeshletBin string
 
 	NoPin  bool   // do not pin with taskset (also off on one core)
 	OutDir string // binaries, profiles, results.md; default a temporary directory

@@ -113,6 +113,13 @@ func startLab(ctx context.Context, cfg Config, logf func(string, ...any)) (l *la
 	if l.bins, err = meshlab.Build(ctx, bindir); err != nil {
 		return l, err
 	}
+	if cfg.MeshletBin != "" {
+		if _, err := os.Stat(cfg.MeshletBin); err != nil {
+			return l, fmt.Errorf("-meshlet-bin: %w", err)
+		}
+		logf("measuring %s instead of the meshlet built from this tree", cfg.MeshletBin)
+		l.bins.Meshlet = cfg.MeshletBin
+	}
 	if l.root, err = meshlab.RepoRoot(ctx); err != nil {
 		return l, err
 	}

@@ -309,6 +309,9 @@ func (r *Report) Print(w io.Writer) {
 		warm = "no warm-up, "
 	}
 	fmt.Fprintf(w, "Method: %s%d measured rounds per scenario, targets alternating within each round; medians shown.\n", warm, c.Runs)
+	if c.MeshletBin != "" {
+		fmt.Fprintf(w, "meshlet measured: %s (not the tree's build; the profile scenario still uses the tree).\n", c.MeshletBin)
+	}
 	if len(c.MeshletEnv) > 0 {
 		fmt.Fprintf(w, "meshlet's environment adds: %s.\n", strings.Join(c.MeshletEnv, " "))
 	}

@@ -40,6 +40,7 @@ func main() {
 	flag.DurationVar(&cfg.S6Duration, "s6-duration", cfg.S6Duration, "load while the footprint is read")
 	flag.DurationVar(&cfg.ProfileFor, "profile-for", cfg.ProfileFor, "length of each profile")
 	env := flag.String("meshlet-env", "", "comma-separated VAR=value added to meshlet's environment (e.g. GOGC=200)")
+	flag.StringVar(&cfg.MeshletBin, "meshlet-bin", "", "measure this meshlet binary instead of one built from the tree (e.g. an earlier commit's, for before/after)")
 	flag.BoolVar(&cfg.NoPin, "no-pin", false, "do not pin the load generator and the servers to separate cores")
 	flag.StringVar(&cfg.OutDir, "out", "", "directory for binaries, profiles, results.md and results.json (default: a temporary one, removed)")
 	flag.Parse()
