@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/internal/backoff"
 )
 
 // Consul is the part of Consul's agent API a Registrar uses; *api.Agent
@@ -72,7 +73,7 @@ func New(cfg Config) (*Registrar, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Backoff == nil {
-		cfg.Backoff = fullJitter(500*time.Millisecond, 10*time.Second)
+		cfg.Backoff = backoff.FullJitter(500*time.Millisecond, 10*time.Second)
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 5 * time.Second
@@ -163,23 +164,6 @@ func (r *Registrar) States() []State {
 		out = append(out, u.snapshot())
 	}
 	return out
-}
-
-// fullJitter waits a uniformly random time up to base·2^(attempt-1),
-// capped at max.
-func fullJitter(base, max time.Duration) func(int) time.Duration {
-	return func(attempt int) time.Duration {
-		ceiling := max
-		if attempt < 1 {
-			attempt = 1
-		}
-		if attempt <= 30 {
-			if d := base << (attempt - 1); d > 0 && d < max {
-				ceiling = d
-			}
-		}
-		return rand.N(ceiling + 1)
-	}
 }
 
 // sleep waits d or until ctx ends, and reports whether it waited it all.
