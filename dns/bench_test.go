@@ -64,3 +64,35 @@ func BenchmarkServeDNSMeshUDP(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkForwardUDP forwards one query at a time over UDP to an upstream
+// on loopback that answers at once: the cost of the forwarding path, with a
+// client and an upstream as cheap as they get.
+func BenchmarkForwardUDP(b *testing.B) {
+	up := startRawUpstream(b, func(pc net.PacketConn, from net.Addr, q *mdns.Msg) { send(pc, from, answerFor(q)) })
+	s := startServer(b, testConfig(newFakeServicesNoRecord(), up.addr))
+	conn, err := net.Dial("udp", s.UDPAddr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	query, err := question("n1.example.org.", mdns.TypeA).Pack()
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 512)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := conn.Write(query); err != nil {
+			b.Fatal(err)
+		}
+		n, err := conn.Read(buf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n < headerLen || buf[3]&0x0f != mdns.RcodeSuccess || buf[7] != 1 {
+			b.Fatalf("bad reply of %d bytes", n)
+		}
+	}
+}

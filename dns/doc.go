@@ -25,4 +25,12 @@
 //   - Opcodes other than QUERY are NOTIMP and are not forwarded.
 //   - A message with zero or several questions is FORMERR.
 //   - The services lookup failing is SERVFAIL; so is every upstream failing.
+//   - Forwarded UDP queries leave from a few long-lived sockets per upstream,
+//     under an ID of ours; the reply is matched by that ID and the question
+//     and goes back with the client's ID. Holding those ports keeps the app
+//     from reusing one whose conntrack entry would skip the redirect. TCP
+//     queries get a connection each.
+//   - At most 1024 UDP queries forward at once; beyond that a query is
+//     SERVFAIL at once. Mesh names are answered on the UDP read loop itself,
+//     so [Services.LookupVIP] must not block.
 package dns

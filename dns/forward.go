@@ -19,14 +19,55 @@ const headerLen = 12
 const maxMsgLen = 65535
 
 // forward sends r to the upstreams in order over the transport it came in
-// on and writes the first reply back byte for byte, so rcode, records and
-// the truncation bit (which sends the client to TCP) reach the client as the
-// upstream made them. When every upstream fails the client gets SERVFAIL.
+// on and writes the first reply back byte for byte (but for the ID, which
+// is the client's again), so rcode, records and the truncation bit (which
+// sends the client to TCP) reach the client as the upstream made them. When
+// every upstream fails the client gets SERVFAIL.
+//
+// UDP goes over long-lived sockets shared by all clients (see
+// sharedUDPConn); TCP opens one connection per query.
 func (s *Server) forward(w mdns.ResponseWriter, r *mdns.Msg) {
-	network := "udp"
 	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
-		network = "tcp"
+		s.forwardTCP(w, r)
+		return
 	}
+	wt := s.waiters.Get().(*waiter)
+	defer s.waiters.Put(wt)
+	query, err := r.PackBuffer(wt.query[:cap(wt.query)])
+	if err != nil {
+		s.log.Debug("packing query to forward", "name", r.Question[0].Name, "error", err)
+		s.write(w, newReply(r, mdns.RcodeServerFailure))
+		return
+	}
+	wt.query = query
+	bufp := s.replyBufs.Get().(*[]byte)
+	defer s.replyBufs.Put(bufp)
+	wt.buf = *bufp
+	defer func() { wt.buf = nil }()
+
+	var errs []error
+	for _, up := range s.udpUps {
+		reply, err := up.exchange(wt, s.cfg.ForwardTimeout, s.ctx.Done())
+		if err != nil {
+			errs = append(errs, err)
+			if isStop(err) {
+				break
+			}
+			continue
+		}
+		binary.BigEndian.PutUint16(reply, r.Id)
+		if _, err := w.Write(reply); err != nil {
+			s.log.Debug("writing forwarded reply", "name", r.Question[0].Name, "error", err)
+		}
+		return
+	}
+	s.log.Debug("all upstreams failed, answering SERVFAIL",
+		"name", r.Question[0].Name, "error", errors.Join(errs...))
+	s.write(w, newReply(r, mdns.RcodeServerFailure))
+}
+
+// forwardTCP is forward over TCP, one connection per query and upstream.
+func (s *Server) forwardTCP(w mdns.ResponseWriter, r *mdns.Msg) {
 	query, err := r.Pack()
 	if err != nil {
 		s.log.Debug("packing query to forward", "name", r.Question[0].Name, "error", err)
@@ -38,7 +79,7 @@ func (s *Server) forward(w mdns.ResponseWriter, r *mdns.Msg) {
 
 	var errs []error
 	for _, upstream := range s.cfg.Upstreams {
-		reply, err := s.exchange(s.ctx, network, upstream, query, *bufp)
+		reply, err := s.exchange(s.ctx, "tcp", upstream, query, *bufp)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -53,8 +94,9 @@ func (s *Server) forward(w mdns.ResponseWriter, r *mdns.Msg) {
 	s.write(w, newReply(r, mdns.RcodeServerFailure))
 }
 
-// exchange sends query to one upstream and returns its reply, read into buf.
-// It gives up after cfg.ForwardTimeout or when ctx ends.
+// exchange sends query to one upstream over a TCP connection of its own
+// and returns its reply, read into buf. It gives up after
+// cfg.ForwardTimeout or when ctx ends.
 func (s *Server) exchange(ctx context.Context, network, upstream string, query, buf []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ForwardTimeout)
 	defer cancel()
@@ -68,13 +110,7 @@ func (s *Server) exchange(ctx context.Context, network, upstream string, query, 
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	id := binary.BigEndian.Uint16(query)
-	var reply []byte
-	if network == "tcp" {
-		reply, err = exchangeTCP(conn, query, buf, id)
-	} else {
-		reply, err = exchangeUDP(conn, query, buf, id)
-	}
+	reply, err := exchangeTCP(conn, query, buf, binary.BigEndian.Uint16(query))
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			err = fmt.Errorf("%w (%w)", ctxErr, err)
@@ -82,23 +118,6 @@ func (s *Server) exchange(ctx context.Context, network, upstream string, query, 
 		return nil, fmt.Errorf("asking %s upstream %s: %w", network, upstream, err)
 	}
 	return reply, nil
-}
-
-// exchangeUDP writes query as one datagram and reads until a reply with the
-// query's ID arrives, skipping strays such as late answers to an earlier try.
-func exchangeUDP(conn net.Conn, query, buf []byte, id uint16) ([]byte, error) {
-	if _, err := conn.Write(query); err != nil {
-		return nil, err
-	}
-	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			return nil, err
-		}
-		if isReplyTo(buf[:n], id) {
-			return buf[:n], nil
-		}
-	}
 }
 
 // exchangeTCP writes query with its length prefix and reads one reply.

@@ -33,11 +33,19 @@ type Server struct {
 	cancel context.CancelFunc
 
 	replyBufs sync.Pool // *[]byte of maxMsgLen, for upstream replies
+	waiters   sync.Pool // *waiter, for queries forwarded over UDP
+
+	// udpUps are the shared UDP sockets to cfg.Upstreams, in the same
+	// order; they live until Shutdown.
+	udpUps []*udpUpstream
+	// forwardLimit bounds the UDP queries forwarding at once
+	// (maxForwardInflight; tests lower it).
+	forwardLimit int
 
 	mu      sync.Mutex
 	started bool
 	stopped bool
-	udp     *mdns.Server
+	udp     *udpServer
 	tcp     *mdns.Server
 }
 
@@ -50,7 +58,7 @@ func NewServer(cfg Config) (*Server, error) {
 	suffixes := append([]string(nil), cfg.Suffixes...)
 	// Longest first, so that "service.consul" is tried before "consul".
 	sort.SliceStable(suffixes, func(i, j int) bool { return len(suffixes[i]) > len(suffixes[j]) })
-	s := &Server{cfg: cfg, names: suffixes, log: cfg.Logger}
+	s := &Server{cfg: cfg, names: suffixes, log: cfg.Logger, forwardLimit: maxForwardInflight}
 	for _, sfx := range suffixes {
 		s.zones = append(s.zones, newMeshZone(sfx, cfg.TTL))
 	}
@@ -58,6 +66,14 @@ func NewServer(cfg Config) (*Server, error) {
 	s.replyBufs.New = func() any {
 		b := make([]byte, maxMsgLen)
 		return &b
+	}
+	s.waiters.New = func() any {
+		w := newWaiter()
+		w.query = make([]byte, 0, 512)
+		return w
+	}
+	for _, up := range cfg.Upstreams {
+		s.udpUps = append(s.udpUps, newUDPUpstream(s.ctx, up, cfg.Dialer.DialContext))
 	}
 	return s, nil
 }
@@ -79,18 +95,15 @@ func (s *Server) Start() error {
 		_ = pc.Close()
 		return err
 	}
-	udp := &mdns.Server{PacketConn: pc, Handler: s, UDPSize: udpReadSize}
 	tcp := &mdns.Server{Listener: ln, Handler: s}
-	if err := s.activate(udp, "udp"); err != nil {
+	if err := s.activate(tcp, "tcp"); err != nil {
 		_ = pc.Close()
 		_ = ln.Close()
 		return err
 	}
-	if err := s.activate(tcp, "tcp"); err != nil {
-		_ = udp.Shutdown()
-		_ = ln.Close()
-		return err
-	}
+	// Bound already, so it serves from here on.
+	udp := newUDPServer(s, pc.(*net.UDPConn))
+	go udp.serve()
 	s.udp, s.tcp = udp, tcp
 	s.started = true
 	s.log.Info("dns server listening", "udp", pc.LocalAddr().String(), "tcp", ln.Addr().String(),
@@ -146,7 +159,7 @@ func (s *Server) UDPAddr() net.Addr {
 	if s.udp == nil {
 		return nil
 	}
-	return s.udp.PacketConn.LocalAddr()
+	return s.udp.conn.LocalAddr()
 }
 
 // TCPAddr returns the address the TCP socket is bound to, nil before Start.
@@ -168,17 +181,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	running := s.started && !s.stopped
 	s.stopped = true
 	s.mu.Unlock()
+	// Last: cancel what still forwards, then close the shared sockets.
+	defer s.closeUpstreams()
 	defer s.cancel()
 	if !running {
 		return nil
 	}
 	// Both at once, so a slow TCP client does not eat the UDP side's time.
-	servers := []*mdns.Server{udp, tcp}
-	errs := make([]error, len(servers))
+	errs := make([]error, 2)
 	var wg sync.WaitGroup
-	for i, srv := range servers {
-		wg.Go(func() { errs[i] = srv.ShutdownContext(ctx) })
-	}
+	wg.Go(func() { errs[0] = udp.shutdown(ctx) })
+	wg.Go(func() { errs[1] = tcp.ShutdownContext(ctx) })
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("shutting down dns server on %s: %w", s.cfg.Listen, err)
@@ -186,21 +199,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// ServeDNS answers one query; it is the handler both listeners use.
+// closeUpstreams closes the shared upstream sockets; queries still waiting
+// on them get SERVFAIL.
+func (s *Server) closeUpstreams() {
+	for _, up := range s.udpUps {
+		up.close()
+	}
+}
+
+// ServeDNS answers one query; it is the handler of the TCP listener, and
+// the UDP loop takes the same path.
 func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
-	if r.Response {
-		// A reply sent to us is noise, and answering could loop.
+	kind, zone, service, ok := s.screen(w, r)
+	if !ok {
 		return
 	}
-	if len(r.Question) != 1 {
-		s.write(w, newReply(r, mdns.RcodeFormatError))
-		return
-	}
-	if r.Opcode != mdns.OpcodeQuery {
-		s.write(w, newReply(r, mdns.RcodeNotImplemented))
-		return
-	}
-	kind, zone, service := classifyName(r.Question[0].Name, s.names)
 	if kind == notMesh {
 		s.forward(w, r)
 		return
@@ -208,9 +221,30 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	s.answerMesh(w, r, kind, zone, service)
 }
 
+// screen deals with what is not one plain question (answering or ignoring
+// it, and then reporting false) and classifies the name of the rest.
+func (s *Server) screen(w mdns.ResponseWriter, r *mdns.Msg) (kind nameKind, zone int, service string, ok bool) {
+	if r.Response {
+		// A reply sent to us is noise, and answering could loop.
+		return 0, 0, "", false
+	}
+	if len(r.Question) != 1 {
+		s.write(w, newReply(r, mdns.RcodeFormatError))
+		return 0, 0, "", false
+	}
+	if r.Opcode != mdns.OpcodeQuery {
+		s.write(w, newReply(r, mdns.RcodeNotImplemented))
+		return 0, 0, "", false
+	}
+	kind, zone, service = classifyName(r.Question[0].Name, s.names)
+	return kind, zone, service, true
+}
+
 // write sends m, logging at debug only: a client gone away is routine.
-func (s *Server) write(w mdns.ResponseWriter, m *ownReply) {
-	if err := w.WriteMsg(&m.msg); err != nil && s.log.Enabled(s.ctx, slog.LevelDebug) {
+func (s *Server) write(w mdns.ResponseWriter, m *ownReply) { s.writeMsg(w, &m.msg) }
+
+func (s *Server) writeMsg(w mdns.ResponseWriter, m *mdns.Msg) {
+	if err := w.WriteMsg(m); err != nil && s.log.Enabled(s.ctx, slog.LevelDebug) {
 		s.log.LogAttrs(s.ctx, slog.LevelDebug, "writing dns reply", slog.String("error", err.Error()))
 	}
 }

@@ -1,0 +1,190 @@
+package dns
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	mdns "github.com/miekg/dns"
+)
+
+// maxForwardInflight bounds the UDP queries being forwarded at once. Beyond
+// it a query is answered SERVFAIL at once, so that a flood of outside names
+// costs a bounded number of goroutines and the stub retries later.
+const maxForwardInflight = 1024
+
+// udpServer reads queries from one UDP socket in a loop of its own. Mesh
+// names are answered inline from a reused buffer; forwarded queries go to
+// goroutines, at most maxForwardInflight at once. It replaces miekg/dns's
+// UDP server, which starts a goroutine per packet and reads and writes
+// with control messages; miekg/dns still parses and packs.
+type udpServer struct {
+	s    *Server
+	conn *net.UDPConn
+	sem  chan struct{} // one token per forwarding goroutine
+	wg   sync.WaitGroup
+	done chan struct{} // closed when the read loop has returned
+}
+
+func newUDPServer(s *Server, conn *net.UDPConn) *udpServer {
+	return &udpServer{s: s, conn: conn, sem: make(chan struct{}, s.forwardLimit), done: make(chan struct{})}
+}
+
+// serve runs the read loop until the socket is closed.
+func (u *udpServer) serve() {
+	defer close(u.done)
+	buf := make([]byte, udpReadSize)
+	w := &udpWriter{conn: u.conn, out: make([]byte, 0, udpReadSize)}
+	for {
+		n, from, err := u.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Errors of one datagram (e.g. an ICMP error queued on the
+			// socket) must not stop the server.
+			u.s.log.Debug("reading dns udp", "error", err)
+			continue
+		}
+		w.to = from
+		u.handle(w, buf[:n])
+	}
+}
+
+// handle answers one datagram as miekg/dns's server would: a header too
+// short to read is dropped, and so is a response; what its default accept
+// function rejects gets FORMERR (NOTIMP for opcodes other than QUERY and
+// NOTIFY) and so does a message that does not unpack.
+func (u *udpServer) handle(w *udpWriter, b []byte) {
+	if len(b) < headerLen {
+		return
+	}
+	hdr := mdns.Header{
+		Id:      binary.BigEndian.Uint16(b),
+		Bits:    binary.BigEndian.Uint16(b[2:]),
+		Qdcount: binary.BigEndian.Uint16(b[4:]),
+		Ancount: binary.BigEndian.Uint16(b[6:]),
+		Nscount: binary.BigEndian.Uint16(b[8:]),
+		Arcount: binary.BigEndian.Uint16(b[10:]),
+	}
+	switch action := mdns.DefaultMsgAcceptFunc(hdr); action {
+	case mdns.MsgIgnore:
+		return
+	case mdns.MsgReject, mdns.MsgRejectNotImplemented:
+		u.s.writeMsg(w, rejectReply(b, action))
+		return
+	}
+	req := new(mdns.Msg)
+	if err := req.Unpack(b); err != nil {
+		if u.s.log.Enabled(u.s.ctx, slog.LevelDebug) {
+			u.s.log.LogAttrs(u.s.ctx, slog.LevelDebug, "malformed dns query",
+				slog.String("from", w.to.String()), slog.String("error", err.Error()))
+		}
+		req.SetRcodeFormatError(req)
+		req.Zero = false
+		req.Answer, req.Ns, req.Extra = nil, nil, nil
+		u.s.writeMsg(w, req)
+		return
+	}
+	kind, zone, service, ok := u.s.screen(w, req)
+	if !ok {
+		return
+	}
+	if kind != notMesh {
+		u.s.answerMesh(w, req, kind, zone, service)
+		return
+	}
+	select {
+	case u.sem <- struct{}{}:
+	default:
+		if u.s.log.Enabled(u.s.ctx, slog.LevelDebug) {
+			u.s.log.LogAttrs(u.s.ctx, slog.LevelDebug, "too many queries forwarding, answering SERVFAIL",
+				slog.String("name", req.Question[0].Name), slog.Int("inflight", cap(u.sem)))
+		}
+		u.s.write(w, newReply(req, mdns.RcodeServerFailure))
+		return
+	}
+	u.wg.Add(1)
+	fw := &udpWriter{conn: u.conn, to: w.to}
+	go func() {
+		defer func() {
+			<-u.sem
+			u.wg.Done()
+		}()
+		u.s.forward(fw, req)
+	}()
+}
+
+// rejectReply is the answer to a header the accept function rejected,
+// shaped as miekg/dns's server shapes it: the header echoed with QR set, no
+// sections, and FORMERR or NOTIMP.
+func rejectReply(b []byte, action mdns.MsgAcceptAction) *mdns.Msg {
+	req := new(mdns.Msg)
+	// The header alone unpacks into exactly the fields miekg/dns sets
+	// from it; with nothing after it, no section is read.
+	_ = req.Unpack(b[:headerLen])
+	opcode := req.Opcode
+	req.SetRcodeFormatError(req)
+	req.Zero = false
+	if action == mdns.MsgRejectNotImplemented {
+		req.Opcode = opcode
+		req.Rcode = mdns.RcodeNotImplemented
+	}
+	return req
+}
+
+// shutdown closes the socket and waits for the forwarding goroutines until
+// ctx ends.
+func (u *udpServer) shutdown(ctx context.Context) error {
+	err := u.conn.Close()
+	idle := make(chan struct{})
+	go func() {
+		<-u.done
+		u.wg.Wait()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for udp queries in flight: %w", ctx.Err())
+	}
+	if err != nil {
+		return fmt.Errorf("closing udp socket: %w", err)
+	}
+	return nil
+}
+
+// udpWriter is the ResponseWriter of one client of the UDP loop. The loop's
+// own writer is reused from packet to packet, with its pack buffer; each
+// forwarding goroutine gets one of its own.
+type udpWriter struct {
+	conn *net.UDPConn
+	to   netip.AddrPort
+	out  []byte // pack buffer, reused
+}
+
+func (w *udpWriter) LocalAddr() net.Addr  { return w.conn.LocalAddr() }
+func (w *udpWriter) RemoteAddr() net.Addr { return net.UDPAddrFromAddrPort(w.to) }
+
+func (w *udpWriter) WriteMsg(m *mdns.Msg) error {
+	b, err := m.PackBuffer(w.out[:cap(w.out)])
+	if err != nil {
+		return fmt.Errorf("packing reply: %w", err)
+	}
+	if cap(b) <= udpReadSize {
+		w.out = b[:0]
+	}
+	_, err = w.conn.WriteToUDPAddrPort(b, w.to)
+	return err
+}
+
+func (w *udpWriter) Write(b []byte) (int, error) { return w.conn.WriteToUDPAddrPort(b, w.to) }
+func (w *udpWriter) Close() error                { return nil }
+func (w *udpWriter) TsigStatus() error           { return nil }
+func (w *udpWriter) TsigTimersOnly(bool)         {}
+func (w *udpWriter) Hijack()                     {}
