@@ -11,7 +11,12 @@ import (
 type liveConn struct {
 	mu     sync.Mutex
 	conns  []net.Conn
+	up     net.Conn // the forwarder's instance connection of the request in flight
 	closed bool
+	// idle is set while the forwarder waits for the app's next request:
+	// Shutdown closes such a connection at once.
+	idle     bool
+	draining bool // Shutdown began: no new request starts
 }
 
 func newLiveConn(c net.Conn) *liveConn {
@@ -30,14 +35,64 @@ func (l *liveConn) attach(c net.Conn) bool {
 	return true
 }
 
+// setUp attaches the instance connection of the forwarder's request in
+// flight (nil: detaches it), so that Close ends it too. It reports false,
+// and closes c, when l is closed already.
+func (l *liveConn) setUp(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed && c != nil {
+		c.Close()
+		return false
+	}
+	l.up = c
+	return true
+}
+
+// setIdle marks whether the forwarder waits for the next request. It
+// reports false when Shutdown began: the connection is to end.
+func (l *liveConn) setIdle(idle bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.idle = idle
+	return !l.draining && !l.closed
+}
+
+// isClosed reports whether l was closed (by Shutdown or ServeConn's ctx).
+func (l *liveConn) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+// isDraining reports whether Shutdown began, so the answer in flight is
+// the connection's last.
+func (l *liveConn) isDraining() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.draining
+}
+
+// drain marks l as draining and reports whether it is idle, to be closed.
+func (l *liveConn) drain() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.draining = true
+	return l.idle
+}
+
 // Close closes every connection of l.
 func (l *liveConn) Close() {
 	l.mu.Lock()
 	l.closed = true
 	conns := l.conns
+	up := l.up
 	l.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
+	}
+	if up != nil {
+		up.Close()
 	}
 }
 
@@ -76,12 +131,22 @@ func (s *connSet) remove(c *liveConn) {
 
 // drain stops taking connections and returns a channel closed once the
 // last one is removed.
+// Connections idle between the forwarder's requests are closed at once.
 func (s *connSet) drain() <-chan struct{} {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closing = true
 	if len(s.conns) == 0 {
 		s.closeDrained()
+	}
+	var idle []*liveConn
+	for c := range s.conns {
+		if c.drain() {
+			idle = append(idle, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
 	}
 	return s.drained
 }

@@ -13,14 +13,24 @@
 //   - the instance: the one a valid sticky cookie names, if it is in the
 //     set and not ejected; else the policy's [Selector] (round-robin or
 //     least-request, both weighted) among the instances not ejected;
-//   - the attempts: retryTransport retries on an untried instance when that
-//     is safe and the retry budget allows, counts requests in flight, and
-//     feeds passive health, which ejects instances that keep failing;
+//   - the attempts: a failed attempt is retried on an untried instance when
+//     that is safe and the retry budget allows (retryPick); requests in
+//     flight are counted and passive health, which ejects instances that
+//     keep failing, is fed;
 //   - the answer: the sticky cookie of the instance that answered, when the
 //     request did not carry it.
 //
-// HTTP/1.x is proxied per request through one internal net/http server and
-// httputil.ReverseProxy, anything else per connection as raw TCP.
+// HTTP/1.1 is proxied per request by a forwarder of our own (h1conn.go):
+// one loop in ServeConn's goroutine reads each request head in place,
+// refuses what an instance could read differently (smuggling), writes the
+// rewritten head to a pooled keep-alive connection to the instance and
+// relays the answer, with deadlines instead of goroutines and contexts.
+// What it does not do (upgrades such as websocket, Expect: 100-continue,
+// HTTP/1.0, CONNECT, absolute-form targets) it hands, before answering
+// anything on that connection, to one internal net/http server and
+// httputil.ReverseProxy. Both paths pick, retry and answer errors with
+// the same code (pick.go). Anything else is proxied per connection as raw
+// TCP.
 //
 // While Consul does not answer, the last good views keep routing
 // (fail-static), for at most Config.MaxStale; they are saved in

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -43,6 +42,8 @@ type pick struct {
 	client context.Context
 	// budgetDenied is set when a retry was refused for want of budget.
 	budgetDenied bool
+	now          int64          // unix ns when the pick was made
+	avail        func(int) bool // see availableNow
 }
 
 func (p *pick) endpoint() Endpoint { return p.set.At(p.idx) }
@@ -137,17 +138,12 @@ func modifyResponse(resp *http.Response) error {
 		return nil
 	}
 	p := pickFrom(resp.Request.Context())
-	if p == nil || !p.policy.Sticky || p.set.codec == nil || p.cookie == p.idx {
+	if p == nil {
 		return nil
 	}
-	if setsCookie(resp.Header, p.policy.CookieName) {
-		return nil
+	if v, ok := pinCookie(p); ok && !setsCookie(resp.Header, p.policy.CookieName) {
+		resp.Header.Add("Set-Cookie", v)
 	}
-	maxAge := 0
-	if p.policy.CookieMaxAge > 0 {
-		maxAge = max(1, int(p.policy.CookieMaxAge/time.Second))
-	}
-	resp.Header.Add("Set-Cookie", p.set.codec.setCookie(p.set.ids[p.idx], maxAge))
 	return nil
 }
 
@@ -158,43 +154,18 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal", "meshlet: request without a service")
 		return
 	}
-	watch := t.watch
-	answered := watch.awaitFirstAnswer(r.Context(), m.cfg.FirstAnswerTimeout)
-	now := time.Now()
-	set, v, code, msg := m.route(watch, now, answered)
-	if set == nil {
+	p := &pick{client: r.Context()}
+	code, msg, ok := m.choose(r.Context(), t, p, func(name string, found func(stickyID) bool) {
+		stickyCookies(r.Header, name, found)
+	})
+	if !ok {
 		writeError(w, http.StatusServiceUnavailable, code, msg)
 		return
 	}
-	p := &pick{target: t, set: set, policy: &v.policy, cookie: -1, client: r.Context()}
-	nowNs := now.UnixNano()
-	idx := -1
-	if v.policy.Sticky && set.sticky != nil {
-		stickyCookies(r.Header, v.policy.CookieName, func(id stickyID) bool {
-			i, ok := set.sticky[id]
-			if !ok {
-				return false // forged, or an instance not in the set: look on
-			}
-			p.cookie = i
-			if set.available(i, nowNs) {
-				idx = i
-			}
-			return true
-		})
-	}
-	if idx < 0 {
-		var ok bool
-		sel := watch.selector(&v.policy)
-		if idx, ok = sel.Select(set, func(i int) bool { return set.available(i, nowNs) }); !ok {
-			idx, _ = sel.Select(set, nil) // never all are ejected; a race at most
-		}
-	}
-	p.idx, p.tried = idx, append(make([]int, 0, 1+v.policy.Retries), idx)
-	watch.budget.request()
 	ctx := context.WithValue(r.Context(), pickKey{}, p)
-	if v.policy.Timeout > 0 {
+	if p.policy.Timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, v.policy.Timeout)
+		ctx, cancel = context.WithTimeout(ctx, p.policy.Timeout)
 		defer cancel()
 	}
 	m.proxy.ServeHTTP(w, r.WithContext(ctx))
@@ -232,41 +203,14 @@ func (m *Mesh) route(watch *serviceWatch, now time.Time, answered bool) (*Endpoi
 // proxyError answers a request whose instance failed.
 func (m *Mesh) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	p := pickFrom(r.Context())
-	addr := p.endpoint().Addr
-	var ie *instanceError
-	if errors.As(err, &ie) {
-		addr = ie.addr
-	}
-	name := p.target.watch.name
 	if p.client.Err() != nil {
 		// The app went away; nobody reads this answer.
-		m.log.Debug("request canceled by the app", "service", name, "instance", addr, "err", err)
+		m.log.Debug("request canceled by the app", "service", p.target.watch.name, "instance", failedAddr(p, err), "err", err)
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
-	budget := ""
-	if p.budgetDenied {
-		budget = " (not retried: retry budget exhausted)"
-	}
-	var de *dialError
-	switch {
-	case r.Context().Err() != nil:
-		m.log.Warn("request timed out", "service", name, "instance", addr, "timeout", p.policy.Timeout, "tries", len(p.tried))
-		writeError(w, http.StatusGatewayTimeout, ErrCodeTimeout,
-			fmt.Sprintf("meshlet: service %q did not answer within its timeout of %v (%d tries)", name, p.policy.Timeout, len(p.tried)))
-	case errors.Is(err, errTryTimeout):
-		m.log.Warn("instance timed out", "service", name, "instance", addr, "try_timeout", p.policy.TryTimeout, "tries", len(p.tried))
-		writeError(w, http.StatusGatewayTimeout, ErrCodeTimeout,
-			fmt.Sprintf("meshlet: instance %s of service %q did not answer within the try timeout of %v (%d tries)%s", addr, name, p.policy.TryTimeout, len(p.tried), budget))
-	case errors.As(err, &de):
-		m.log.Warn("instance unreachable", "service", name, "instance", addr, "err", err, "tries", len(p.tried))
-		writeError(w, http.StatusBadGateway, ErrCodeUnreachable,
-			fmt.Sprintf("meshlet: instance %s of service %q unreachable: %s (%d tries)%s", addr, name, oneLine(err.Error()), len(p.tried), budget))
-	default:
-		m.log.Warn("instance failed", "service", name, "instance", addr, "err", err, "tries", len(p.tried))
-		writeError(w, http.StatusBadGateway, ErrCodeFailed,
-			fmt.Sprintf("meshlet: instance %s of service %q failed: %s (%d tries)%s", addr, name, oneLine(err.Error()), len(p.tried), budget))
-	}
+	status, code, msg := m.failureAnswer(p, err, r.Context().Err() != nil)
+	writeError(w, status, code, msg)
 }
 
 // writeError writes a one-line text answer from the mesh itself.

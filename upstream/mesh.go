@@ -10,7 +10,6 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
-	"time"
 )
 
 // Mesh watches Consul and proxies the app's connections to the instances
@@ -28,6 +27,8 @@ type Mesh struct {
 	conns     *connSet
 	bufs      *bufferPool
 	state     *stateStore // nil without Config.StateDir
+	h1conns   sync.Pool   // *h1conn, the forwarder's per-connection state
+	upPools   *upPools    // the forwarder's connections to instances
 
 	mu       sync.Mutex
 	watches  map[string]*serviceWatch
@@ -51,7 +52,9 @@ func New(cfg Config) (*Mesh, error) {
 		conns:    newConnSet(),
 		bufs:     newBufferPool(32 << 10),
 		watches:  make(map[string]*serviceWatch),
+		upPools:  newUpPools(cfg.Dialer),
 	}
+	m.h1conns.New = m.newH1conn
 	if cfg.StateDir != "" {
 		if m.state, err = openState(cfg.StateDir, cfg.StateID, cfg.Logger); err != nil {
 			return nil, err
@@ -69,8 +72,9 @@ func New(cfg Config) (*Mesh, error) {
 		},
 		// The app's idle keep-alive connections cost a goroutine each; an
 		// hour is long enough that no well-behaved client notices.
-		IdleTimeout: time.Hour,
-		ErrorLog:    slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		IdleTimeout:    appIdleTimeout,
+		MaxHeaderBytes: maxHeadSize, // as the forwarder's limit
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	return m, nil
 }
@@ -233,6 +237,12 @@ func (m *Mesh) ServeConn(ctx context.Context, conn net.Conn, service string, hos
 		m.serveTCP(ctx, live, conn, peeked, w)
 		return
 	}
+	m.serveH1(ctx, live, conn, peeked, &connTarget{watch: w, host: host})
+}
+
+// handToHTTP serves conn with the net/http path (http.Server, ReverseProxy)
+// until it is done; peeked are bytes already read from it, replayed first.
+func (m *Mesh) handToHTTP(ctx context.Context, conn net.Conn, peeked []byte, t *connTarget) {
 	m.startHTTP.Do(func() {
 		go func() {
 			if err := m.server.Serve(m.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -242,7 +252,7 @@ func (m *Mesh) ServeConn(ctx context.Context, conn net.Conn, service string, hos
 	})
 	sc := &servedConn{
 		Conn:   &peekedConn{Conn: conn, peeked: peeked},
-		target: &connTarget{watch: w, host: host},
+		target: t,
 		done:   make(chan struct{}),
 	}
 	if !m.listener.hand(ctx, sc) {
@@ -257,6 +267,7 @@ func (m *Mesh) ServeConn(ctx context.Context, conn net.Conn, service string, hos
 // keep-alive connections are closed at once.
 func (m *Mesh) Shutdown(ctx context.Context) error {
 	drained := m.conns.drain()
+	m.upPools.close()
 	err := m.server.Shutdown(ctx)
 	m.listener.Close()
 	if err == nil {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -107,12 +106,7 @@ func (t *retryTransport) try(req *http.Request, p *pick) (*http.Response, error)
 		}
 		return nil, err
 	}
-	now := time.Now()
-	if resp.StatusCode >= 500 && p.policy.Eject5xx {
-		t.failed(p, now)
-	} else {
-		h.succeeded(now.UnixNano(), p.policy)
-	}
+	t.m.pickAnswered(p, resp.StatusCode)
 	resp.Body = newCountedBody(resp.Body, func() {
 		h.active.Add(-1)
 		if cancel != nil {
@@ -122,46 +116,13 @@ func (t *retryTransport) try(req *http.Request, p *pick) (*http.Response, error)
 	return resp, nil
 }
 
-// failed counts a failure of the pick's current instance.
-func (t *retryTransport) failed(p *pick, now time.Time) {
-	if d, ejected := p.set.failed(p.idx, now, p.policy); ejected {
-		t.m.log.Warn("ejecting instance after consecutive failures", "service", p.target.watch.name,
-			"instance", p.endpoint().Addr, "id", p.endpoint().ID, "for", d)
-	}
-}
-
 // retry decides whether the failed attempt is tried again, and if so moves
 // the pick to the next instance.
 func (t *retryTransport) retry(req *http.Request, p *pick, body *replayBody, err error, attempt int) bool {
 	if p.client.Err() != nil || req.Context().Err() != nil {
 		return false // the app went away, or the request's own timeout passed
 	}
-	now := time.Now()
-	t.failed(p, now)
-	if attempt >= p.policy.Retries || !retryable(err, req.Method) || !body.replayable() {
-		return false
-	}
-	nowNs := now.UnixNano()
-	w := p.target.watch
-	next, ok := w.selector(p.policy).Select(p.set, func(i int) bool {
-		return p.set.available(i, nowNs) && !slices.Contains(p.tried, i)
-	})
-	if !ok {
-		return false
-	}
-	if !w.budget.allow(now, p.policy) {
-		p.budgetDenied = true
-		if last := w.budget.lastDeny.Swap(nowNs); nowNs-last > int64(10*time.Second) {
-			t.m.log.Warn("retry budget exhausted: not retrying", "service", w.name,
-				"budget", p.policy.RetryBudget, "min_per_sec", p.policy.RetryMinPerSec, "denied_so_far", w.budget.denied.Load())
-		}
-		return false
-	}
-	t.m.log.Debug("retrying on another instance", "service", w.name, "method", req.Method,
-		"failed", p.endpoint().Addr, "next", p.set.At(next).Addr, "err", err)
-	p.idx = next
-	p.tried = append(p.tried, next)
-	return true
+	return t.m.retryPick(p, req.Method, body.replayable(), err, attempt)
 }
 
 // retryable reports whether an attempt that failed with err, before any

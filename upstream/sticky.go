@@ -89,23 +89,34 @@ func parseStickyValue(v string) (stickyID, bool) {
 func stickyCookies(h http.Header, name string, found func(stickyID) bool) bool {
 	seen := 0
 	for _, line := range h["Cookie"] {
-		if len(line) > maxCookieHeaderLn {
-			line = line[:maxCookieHeaderLn]
-		}
-		for part := range strings.SplitSeq(line, ";") {
-			k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
-			if !ok || k != name {
-				continue
-			}
-			if seen++; seen > maxStickyCookies {
-				return false
-			}
-			if id, ok := parseStickyValue(v); ok && found(id) {
-				return true
-			}
+		if hit, stop := stickyCookieLine(line, name, &seen, found); stop {
+			return hit
 		}
 	}
 	return false
+}
+
+// stickyCookieLine is stickyCookies for one Cookie header line; seen
+// counts the cookies of that name across the request's lines. stop says
+// that looking further is over: found returned true (hit) or too many
+// cookies of the name were seen.
+func stickyCookieLine(line, name string, seen *int, found func(stickyID) bool) (hit, stop bool) {
+	if len(line) > maxCookieHeaderLn {
+		line = line[:maxCookieHeaderLn]
+	}
+	for part := range strings.SplitSeq(line, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || k != name {
+			continue
+		}
+		if *seen++; *seen > maxStickyCookies {
+			return false, true
+		}
+		if id, ok := parseStickyValue(v); ok && found(id) {
+			return true, true
+		}
+	}
+	return false, false
 }
 
 // setCookie is the Set-Cookie value pinning a client to id.
@@ -126,12 +137,17 @@ func (c *cookieCodec) setCookie(id stickyID, maxAge int) string {
 // setsCookie reports whether a response already sets a cookie called name.
 func setsCookie(h http.Header, name string) bool {
 	for _, line := range h["Set-Cookie"] {
-		k, _, _ := strings.Cut(line, "=")
-		if strings.TrimSpace(k) == name {
+		if cookieLineNames(line, name) {
 			return true
 		}
 	}
 	return false
+}
+
+// cookieLineNames reports whether a Set-Cookie value sets the cookie name.
+func cookieLineNames(line, name string) bool {
+	k, _, _ := strings.Cut(line, "=")
+	return strings.TrimSpace(k) == name
 }
 
 // isTokenChar reports whether c may appear in a cookie name (an RFC 7230 token).

@@ -1,0 +1,451 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// ErrCodeBadRequest is the X-Meshlet-Error of a request the mesh refuses
+// to pass on (400, 431, 501).
+const ErrCodeBadRequest = "bad-request"
+
+// earlyAnswerWait is how long an instance that stopped reading a request
+// body may take to show the answer it sent early.
+const earlyAnswerWait = 100 * time.Millisecond
+
+// lingerTime and lingerBytes bound how long and how much of an unread
+// request body is drained before its connection closes (see closeWrite).
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 256 << 10
+)
+
+// appIdleTimeout is how long an app's keep-alive connection may wait for
+// its next request, as the net/http path's IdleTimeout.
+const appIdleTimeout = time.Hour
+
+// h1conn is the forwarder's state for one app connection: it reads each
+// request, sends it to an instance and relays the answer, in ServeConn's
+// goroutine, one request at a time (pipelined ones wait in the buffer).
+// It is pooled: buffers and slices are reused by the next connection.
+type h1conn struct {
+	m      *Mesh
+	ctx    context.Context
+	live   *liveConn
+	c      net.Conn
+	target *connTarget
+
+	rd    connReader
+	bw    *bufio.Writer
+	req   head
+	resp  head
+	out   []byte   // the head sent to the instance
+	xff   []byte   // the app's address, appended to X-Forwarded-For
+	body  bodyCopy // the request's
+	rbody bodyCopy // the answer's
+	rec   replayBuf
+	// method of the request in flight: req's slices do not outlive the
+	// reading of its body, which moves the buffer.
+	method string
+	num    [20]byte // scratch for numbers written
+	pick   pick
+
+	cookies func(name string, found func(stickyID) bool)
+}
+
+func (m *Mesh) newH1conn() any {
+	s := &h1conn{m: m, bw: bufio.NewWriterSize(nil, writeBufSize), out: make([]byte, 0, 512)}
+	s.cookies = s.stickyCookies
+	s.rd.buf = make([]byte, readBufSize)
+	return s
+}
+
+// serveH1 serves the HTTP/1.1 connection conn whose first bytes, peeked,
+// sniff read. What the forwarder does not do goes to the net/http path,
+// at a request boundary.
+func (m *Mesh) serveH1(ctx context.Context, live *liveConn, conn net.Conn, peeked []byte, t *connTarget) {
+	s := m.h1conns.Get().(*h1conn)
+	buf := s.rd.buf
+	if len(buf) != readBufSize {
+		buf = make([]byte, readBufSize)
+	}
+	s.ctx, s.live, s.c, s.target = ctx, live, conn, t
+	s.rd.reset(conn, buf)
+	s.rd.w = copy(buf, peeked) // sniff reads less than readBufSize
+	s.bw.Reset(conn)
+	s.xff = append(s.xff[:0], hostOnly(conn.RemoteAddr())...)
+	handOff := s.serve()
+	var rest []byte
+	if handOff >= 0 {
+		rest = append([]byte(nil), s.rd.buf[handOff:s.rd.w]...)
+	}
+	s.ctx, s.live, s.c, s.target = nil, nil, nil, nil
+	s.pick = pick{tried: s.pick.tried[:0], avail: s.pick.avail} // avail reads s.pick
+	s.bw.Reset(nil)
+	s.rd.reset(nil, s.rd.buf)
+	s.rec.reset()
+	m.h1conns.Put(s)
+	if handOff >= 0 {
+		m.handToHTTP(ctx, conn, rest, t)
+		return
+	}
+	conn.Close()
+}
+
+// hostOnly is the IP of an address, as X-Forwarded-For wants it (and as
+// ReverseProxy's SetXForwarded takes it from the request's RemoteAddr).
+func hostOnly(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// serve runs the request loop. It returns the offset in the read buffer
+// of a request to hand to net/http with what follows, or -1 when the
+// connection is done.
+func (s *h1conn) serve() int {
+	for {
+		s.method = ""
+		s.body = bodyCopy{phase: phaseDone}
+		if !s.live.setIdle(true) {
+			return -1
+		}
+		s.c.SetReadDeadline(time.Now().Add(appIdleTimeout))
+		raw, err := s.rd.readHead(true)
+		if !s.live.setIdle(false) {
+			return -1 // Shutdown began before this request: as if it came late
+		}
+		if err != nil {
+			if errors.Is(err, errHeadTooLarge) {
+				s.answer(431, ErrCodeBadRequest, "meshlet: request header fields too large", true)
+			}
+			return -1
+		}
+		if err := parseRequestHead(raw, &s.req); err != nil {
+			status := 400
+			var he *headError
+			if errors.As(err, &he) {
+				status = he.status
+			}
+			s.body.phase = phaseUntilEOF // whatever body it has is unknown: drained at the close
+			s.m.log.Debug("refusing a malformed request", "service", s.target.watch.name, "from", s.c.RemoteAddr(), "err", err)
+			s.answer(status, ErrCodeBadRequest, "meshlet: bad request: "+oneLine(err.Error()), true)
+			return -1
+		}
+		if s.handsOff() {
+			return s.rd.r - len(raw)
+		}
+		if !s.forward() {
+			return -1
+		}
+	}
+}
+
+// handsOff reports whether the request goes to the net/http path: an
+// upgrade (websocket), Expect: 100-continue, HTTP/1.0 (and other 1.x),
+// CONNECT, and request targets other than a path (absolute-form, *).
+func (s *h1conn) handsOff() bool {
+	r := &s.req
+	return r.minor != 1 || r.upgrade || r.expect || string(r.method) == "CONNECT" || r.target[0] != '/'
+}
+
+// stickyCookies calls found for the sticky cookie values of the request.
+func (s *h1conn) stickyCookies(name string, found func(stickyID) bool) {
+	seen := 0
+	for i := range s.req.fields {
+		if f := &s.req.fields[i]; f.kind == fieldCookie {
+			if _, stop := stickyCookieLine(string(f.value), name, &seen, found); stop {
+				return
+			}
+		}
+	}
+}
+
+// methodString returns common methods without allocating.
+func methodString(b []byte) string {
+	for _, m := range [...]string{"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"} {
+		if string(b) == m {
+			return m
+		}
+	}
+	return string(b)
+}
+
+// idempotent methods may be sent again after a failure (see retryable).
+func idempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
+
+// errRequestTimeout is an attempt cut by the request's own timeout.
+var errRequestTimeout = errors.New("the request's timeout passed")
+
+// forward proxies the parsed request and reports whether the connection
+// goes on with the next one.
+func (s *h1conn) forward() bool {
+	m, r, p := s.m, &s.req, &s.pick
+	s.method = methodString(r.method)
+	s.body.start(r.contentLength, r.chunked, false)
+	closeApp := r.connClose
+	code, msg, ok := m.choose(s.ctx, s.target, p, s.cookies)
+	if !ok {
+		return s.answer(503, code, msg, closeApp || !s.body.done())
+	}
+	s.buildOut()
+	s.rec.reset()
+	var deadline time.Time
+	if p.policy.Timeout > 0 {
+		deadline = time.Now().Add(p.policy.Timeout)
+	}
+	s.c.SetReadDeadline(deadline)
+	method := s.method
+	staleRetried := false
+	fresh := false
+	for attempt := 0; ; {
+		res := s.try(p, deadline, fresh, method)
+		switch {
+		case res.err == nil:
+			return res.keep && !closeApp
+		case res.relayed:
+			// The answer had begun: nothing is retried, the app's
+			// connection ends so that it sees the answer cut short.
+			s.bw.Flush()
+			m.log.Warn("instance failed during its answer", "service", s.target.watch.name,
+				"instance", p.endpoint().Addr, "err", res.err)
+			return false
+		case res.appFailed:
+			var sf *srcFailed
+			if errors.As(res.err, &sf) && !isNetError(sf.err) {
+				s.answer(400, ErrCodeBadRequest, "meshlet: bad request body: "+oneLine(sf.err.Error()), true)
+			} else {
+				m.log.Debug("app connection failed during its request", "service", s.target.watch.name, "err", res.err)
+			}
+			return false
+		}
+		err := res.err
+		if s.live.isClosed() {
+			return false
+		}
+		timedOut := errors.Is(err, errRequestTimeout)
+		if !timedOut && res.reused && !res.gotBytes && !staleRetried && !errors.Is(err, errTryTimeout) &&
+			!s.rec.overflow && idempotent(method) {
+			// A pooled connection the instance had closed: once more on a
+			// new connection to the same instance, not counted as its
+			// failure (net/http's transport does the same).
+			staleRetried, fresh = true, true
+			m.log.Debug("retrying on a new connection after a stale one failed", "service", s.target.watch.name,
+				"instance", p.endpoint().Addr, "err", err)
+			continue
+		}
+		fresh = false
+		if !timedOut && !res.gotBytes && m.retryPick(p, method, !s.rec.overflow, err, attempt) {
+			attempt++
+			continue
+		}
+		if !timedOut && res.gotBytes {
+			m.pickFailed(p, time.Now())
+		}
+		status, code, msg := m.failureAnswer(p, &instanceError{addr: p.endpoint().Addr, err: err}, timedOut)
+		return s.answer(status, code, msg, closeApp || !s.body.done())
+	}
+}
+
+func isNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// tryResult is how one attempt went.
+type tryResult struct {
+	err       error
+	keep      bool // the app's connection may carry the next request
+	relayed   bool // the answer's head was written to the app
+	appFailed bool // the app's side failed (or sent a bad body)
+	gotBytes  bool // some of an answer came from the instance
+	reused    bool // the connection came from the pool
+	sentBody  bool // some of the request body was sent on this attempt
+}
+
+// try makes one attempt on the pick's current instance; fresh asks for a
+// new connection rather than a pooled one.
+func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (res tryResult) {
+	m := s.m
+	e := p.endpoint()
+	h := p.set.hosts[p.idx]
+	h.active.Add(1)
+	defer h.active.Add(-1)
+	now := time.Now()
+	tryDeadline := deadline
+	if p.policy.TryTimeout > 0 {
+		if td := now.Add(p.policy.TryTimeout); deadline.IsZero() || td.Before(deadline) {
+			tryDeadline = td
+		}
+	}
+	pool := m.upPools.pool(e.Addr)
+	var uc *upConn
+	if !fresh {
+		for uc = m.upPools.get(pool); uc != nil; uc = m.upPools.get(pool) {
+			if idempotent(method) || alive(uc.c) {
+				break
+			}
+			uc.c.Close() // a request that must not go twice goes on a live connection
+		}
+		res.reused = uc != nil
+	}
+	if uc == nil {
+		var err error
+		if uc, err = m.upPools.dial(s.ctx, e.Addr, tryDeadline); err != nil {
+			if !tryDeadline.IsZero() && !time.Now().Before(tryDeadline) {
+				err = s.timeoutCause(os.ErrDeadlineExceeded, deadline) // the dial used up the time
+			}
+			res.err = err
+			return res
+		}
+	}
+	if !s.live.setUp(uc.c) {
+		res.err = net.ErrClosed
+		return res
+	}
+	defer s.live.setUp(nil)
+	reusable := false
+	defer func() {
+		if reusable {
+			m.upPools.put(pool, uc)
+		} else {
+			uc.c.Close()
+		}
+	}()
+	uc.c.SetDeadline(tryDeadline)
+
+	// The request: head, what an earlier attempt sent of the body, the rest.
+	uc.bw.Write(s.out)
+	if len(s.rec.b) > 0 {
+		res.sentBody = true
+		uc.bw.Write(s.rec.b)
+	}
+	var writeErr error
+	if !s.body.done() {
+		res.sentBody = true
+		if err := s.body.copy(uc.bw, uc.c, &s.rd, &s.rec); err != nil {
+			var sf *srcFailed
+			if errors.As(err, &sf) {
+				res.appFailed, res.err = true, err
+				return res
+			}
+			writeErr = err
+		}
+	}
+	if writeErr == nil {
+		writeErr = uc.bw.Flush()
+	}
+	if writeErr != nil {
+		// The instance may have answered early (a 413, a 401) and stopped
+		// reading: that answer is the one to give, if it is there.
+		uc.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+	}
+
+	// The answer: interim heads passed on, then the final one.
+	rh := &s.resp
+	for {
+		raw, err := uc.rd.readHead(false)
+		if err != nil {
+			res.gotBytes = len(uc.rd.buffered()) > 0 || res.relayed
+			if writeErr != nil {
+				err = writeErr
+			}
+			res.err = s.timeoutCause(err, deadline)
+			return res
+		}
+		res.gotBytes = true
+		if err := parseResponseHead(raw, rh); err != nil {
+			res.err = err
+			return res
+		}
+		if rh.status >= 200 {
+			break
+		}
+		if rh.status == 101 {
+			res.err = errors.New("unasked-for 101 Switching Protocols")
+			return res
+		}
+		s.writeRespHead(rh, nil, 0, false)
+		if err := s.bw.Flush(); err != nil {
+			res.appFailed, res.err = true, err
+			return res
+		}
+		res.relayed = true // an interim answer is an answer begun
+	}
+	m.pickAnswered(p, rh.status)
+
+	// Framing of the answer (RFC 9112 6.3).
+	noBody := method == "HEAD" || rh.status == 204 || rh.status == 304
+	if rh.chunked && rh.contentLength >= 0 && !noBody {
+		res.err = errors.New("answer with both Transfer-Encoding and Content-Length")
+		return res
+	}
+	untilEOF := !noBody && !rh.chunked && rh.contentLength < 0
+	// After an early answer the rest of the request body is still on its
+	// way: the connection cannot carry another request.
+	closeApp := untilEOF || s.req.connClose || writeErr != nil || s.live.isDraining()
+	if noBody {
+		s.rbody.start(-1, false, false)
+	} else {
+		s.rbody.start(rh.contentLength, rh.chunked, untilEOF)
+	}
+	cookie := ""
+	if v, ok := pinCookie(p); ok && !s.respSetsCookie(p.policy.CookieName) {
+		cookie = v
+	}
+	uc.c.SetDeadline(deadline)
+	s.writeRespHead(rh, &cookie, 1, closeApp)
+	res.relayed = true
+	if err := s.rbody.copy(s.bw, s.c, &uc.rd, nil); err != nil {
+		res.err = s.timeoutCause(err, deadline)
+		return res
+	}
+	if err := s.bw.Flush(); err != nil {
+		res.err = err
+		return res
+	}
+	reusable = writeErr == nil && !untilEOF && !rh.connClose && (rh.minor >= 1 || rh.connKeepAlive) && len(uc.rd.buffered()) == 0
+	res.keep = !closeApp
+	if closeApp {
+		s.closeWrite()
+	}
+	return res
+}
+
+// timeoutCause names the timeout behind a deadline error: the request's
+// own, or the attempt's.
+func (s *h1conn) timeoutCause(err error, deadline time.Time) error {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return errRequestTimeout
+	}
+	return errTryTimeout
+}
+
+// respSetsCookie reports whether the answer sets the cookie name itself.
+func (s *h1conn) respSetsCookie(name string) bool {
+	for i := range s.resp.fields {
+		if f := &s.resp.fields[i]; f.kind == fieldSetCookie && cookieLineNames(string(f.value), name) {
+			return true
+		}
+	}
+	return false
+}
