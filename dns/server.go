@@ -41,6 +41,11 @@ type Server struct {
 	// forwardLimit bounds the UDP queries forwarding at once
 	// (maxForwardInflight; tests lower it).
 	forwardLimit int
+	// singleUDP makes the UDP loop read and write one datagram per call
+	// even where it could batch (tests of the fallback set it).
+	singleUDP bool
+	// noGSO keeps the batch loop from coalescing replies with UDP GSO.
+	noGSO bool
 
 	mu      sync.Mutex
 	started bool

@@ -26,18 +26,41 @@ const maxForwardInflight = 1024
 type udpServer struct {
 	s    *Server
 	conn *net.UDPConn
+	fast *fastPath     // nil: every query takes the general path
 	sem  chan struct{} // one token per forwarding goroutine
 	wg   sync.WaitGroup
 	done chan struct{} // closed when the read loop has returned
 }
 
 func newUDPServer(s *Server, conn *net.UDPConn) *udpServer {
-	return &udpServer{s: s, conn: conn, sem: make(chan struct{}, s.forwardLimit), done: make(chan struct{})}
+	u := &udpServer{s: s, conn: conn, sem: make(chan struct{}, s.forwardLimit), done: make(chan struct{})}
+	fast, err := newFastPath(s.zones)
+	if err != nil {
+		// Zones are checked by NewServer, so this does not happen; the
+		// general path answers everything then.
+		s.log.Warn("dns udp fast path off", "error", err)
+	} else {
+		u.fast = fast
+	}
+	return u
 }
 
-// serve runs the read loop until the socket is closed.
+// serve runs the read loop until the socket is closed: batched where the
+// platform has recvmmsg/sendmmsg, one datagram per call where not.
 func (u *udpServer) serve() {
 	defer close(u.done)
+	if bc := newBatchConn(u.conn); bc != nil && !u.s.singleUDP {
+		err := u.serveBatch(bc)
+		if err == nil {
+			return
+		}
+		u.s.log.Info("serving dns udp one datagram at a time", "reason", err.Error())
+	}
+	u.serveSingle()
+}
+
+// serveSingle is the read loop without batching.
+func (u *udpServer) serveSingle() {
 	buf := make([]byte, udpReadSize)
 	w := &udpWriter{conn: u.conn, out: make([]byte, 0, udpReadSize)}
 	for {
@@ -62,6 +85,9 @@ func (u *udpServer) serve() {
 // NOTIFY) and so does a message that does not unpack.
 func (u *udpServer) handle(w *udpWriter, b []byte) {
 	if len(b) < headerLen {
+		return
+	}
+	if u.fast != nil && u.fast.answer(u.s, w, b) {
 		return
 	}
 	hdr := mdns.Header{
@@ -160,18 +186,28 @@ func (u *udpServer) shutdown(ctx context.Context) error {
 }
 
 // udpWriter is the ResponseWriter of one client of the UDP loop. The loop's
-// own writer is reused from packet to packet, with its pack buffer; each
-// forwarding goroutine gets one of its own.
+// own writers are reused from packet to packet, with their pack buffers;
+// each forwarding goroutine gets one of its own.
+//
+// A batched writer (the batch loop's) does not send: it keeps the reply in
+// reply for the loop to send with the rest of the batch. handle writes at
+// most one reply per datagram; should a second come, the first is sent at
+// once so that none is lost.
 type udpWriter struct {
-	conn *net.UDPConn
-	to   netip.AddrPort
-	out  []byte // pack buffer, reused
+	conn    *net.UDPConn
+	to      netip.AddrPort
+	out     []byte // pack buffer, reused
+	batched bool
+	reply   []byte // the reply held for the batch; nil when none
 }
 
 func (w *udpWriter) LocalAddr() net.Addr  { return w.conn.LocalAddr() }
 func (w *udpWriter) RemoteAddr() net.Addr { return net.UDPAddrFromAddrPort(w.to) }
 
 func (w *udpWriter) WriteMsg(m *mdns.Msg) error {
+	if err := w.flush(); err != nil {
+		return err
+	}
 	b, err := m.PackBuffer(w.out[:cap(w.out)])
 	if err != nil {
 		return fmt.Errorf("packing reply: %w", err)
@@ -179,12 +215,56 @@ func (w *udpWriter) WriteMsg(m *mdns.Msg) error {
 	if cap(b) <= udpReadSize {
 		w.out = b[:0]
 	}
-	_, err = w.conn.WriteToUDPAddrPort(b, w.to)
-	return err
+	return w.hold(b)
 }
 
-func (w *udpWriter) Write(b []byte) (int, error) { return w.conn.WriteToUDPAddrPort(b, w.to) }
-func (w *udpWriter) Close() error                { return nil }
-func (w *udpWriter) TsigStatus() error           { return nil }
-func (w *udpWriter) TsigTimersOnly(bool)         {}
-func (w *udpWriter) Hijack()                     {}
+// Write sends b (a forwarded reply) as it is; a batched writer holds a
+// copy for the batch.
+func (w *udpWriter) Write(b []byte) (int, error) {
+	if err := w.flush(); err != nil {
+		return 0, err
+	}
+	if w.batched {
+		// Copied: the caller may reuse b once Write returns.
+		w.out = append(w.out[:0], b...)
+		b = w.out
+	}
+	if err := w.hold(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// hold keeps b for the batch, or sends it when the writer is not batched.
+func (w *udpWriter) hold(b []byte) error {
+	if !w.batched {
+		return w.send(b)
+	}
+	w.reply = b
+	return nil
+}
+
+// flush sends the reply held for the batch, if any, before the pack
+// buffer that holds it is reused.
+func (w *udpWriter) flush() error {
+	b := w.reply
+	if b == nil {
+		return nil
+	}
+	w.reply = nil
+	return w.send(b)
+}
+
+// send writes b to the client at once.
+func (w *udpWriter) send(b []byte) error {
+	_, err := w.conn.WriteToUDPAddrPort(b, w.to)
+	if err != nil {
+		return fmt.Errorf("writing reply to %s: %w", w.to, err)
+	}
+	return nil
+}
+
+func (w *udpWriter) Close() error        { return nil }
+func (w *udpWriter) TsigStatus() error   { return nil }
+func (w *udpWriter) TsigTimersOnly(bool) {}
+func (w *udpWriter) Hijack()             {}

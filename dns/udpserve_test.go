@@ -21,7 +21,29 @@ type twinServers struct {
 
 func startTwins(t testing.TB, cfg Config) twinServers {
 	t.Helper()
-	s := startServer(t, cfg)
+	return startTwinsLoop(t, cfg, false)
+}
+
+// startTwinsLoop is startTwins with our loop batched (recvmmsg/sendmmsg,
+// what Start picks on Linux) or, with single, one datagram per call (the
+// fallback elsewhere).
+func startTwinsLoop(t testing.TB, cfg Config, single bool) twinServers {
+	t.Helper()
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	s.singleUDP = single
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -113,17 +135,25 @@ func udpPackets() map[string][]byte {
 	}
 }
 
-// Our UDP loop answers every kind of datagram exactly as miekg/dns's server
-// did with the same handler: the same bytes, or nothing when it dropped it.
+// Our UDP loop, batched or not, answers every kind of datagram exactly as
+// miekg/dns's server did with the same handler: the same bytes, or nothing
+// when it dropped it.
 func TestUDPLoopAnswersAsMiekgServer(t *testing.T) {
-	twins := startTwins(t, testConfig(newFakeServices(), deadAddr(t)))
-	for name, b := range udpPackets() {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			ours := exchangeRaw(t, twins.ours, b, 150*time.Millisecond)
-			theirs := exchangeRaw(t, twins.theirs, b, 150*time.Millisecond)
-			if fmt.Sprint(ours) != fmt.Sprint(theirs) {
-				t.Errorf("our loop answered %v, miekg/dns's server %v", ours, theirs)
+	for _, loop := range []struct {
+		name   string
+		single bool
+	}{{"batched", false}, {"single", true}} {
+		t.Run(loop.name, func(t *testing.T) {
+			twins := startTwinsLoop(t, testConfig(newFakeServices(), deadAddr(t)), loop.single)
+			for name, b := range udpPackets() {
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					ours := exchangeRaw(t, twins.ours, b, 150*time.Millisecond)
+					theirs := exchangeRaw(t, twins.theirs, b, 150*time.Millisecond)
+					if fmt.Sprint(ours) != fmt.Sprint(theirs) {
+						t.Errorf("our loop answered %v, miekg/dns's server %v", ours, theirs)
+					}
+				})
 			}
 		})
 	}
