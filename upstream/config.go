@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/internal/backoff"
 )
 
 // Defaults for the zero values of [Config].
@@ -50,7 +51,7 @@ type Config struct {
 
 	// RetryBackoff returns how long a watch waits before its next query
 	// after attempt consecutive failures (attempt starts at 1). Nil means
-	// FullJitter(DefaultRetryBase, DefaultRetryMax).
+	// backoff.FullJitter(DefaultRetryBase, DefaultRetryMax).
 	RetryBackoff func(attempt int) time.Duration
 
 	// Overrides are the caller's own policy settings (see ParseOverrides),
@@ -84,29 +85,17 @@ type Config struct {
 	// run); only failing requests take them out meanwhile. Zero means
 	// DefaultSettleTime, negative turns it off.
 	SettleTime time.Duration
+
+	// appCheck is how often the forwarder, while it waits on an instance,
+	// looks whether the app is still there (zero: defaultAppCheck). Tests
+	// shorten it.
+	appCheck time.Duration
 }
 
-// FullJitter returns a backoff that waits a uniformly random time between
-// zero and base·2^(attempt-1), capped at max, so that many sidecars that lost
-// Consul at the same moment do not come back in lockstep.
-func FullJitter(base, max time.Duration) func(attempt int) time.Duration {
-	return func(attempt int) time.Duration {
-		ceiling := max
-		if attempt < 1 {
-			attempt = 1
-		}
-		// Shifting past 62 bits would overflow; the cap is reached long before.
-		if attempt <= 62 {
-			if d := base << (attempt - 1); d > 0 && d < max {
-				ceiling = d
-			}
-		}
-		if ceiling <= 0 {
-			return 0
-		}
-		return rand.N(ceiling + 1)
-	}
-}
+// defaultAppCheck is the slice of the forwarder's waits on an instance:
+// how late it may notice that the app left, or that an instance it sends
+// a request body to answered instead of reading.
+const defaultAppCheck = time.Second
 
 // withDefaults checks cfg and fills in its zero values.
 func (cfg Config) withDefaults() (Config, error) {
@@ -135,6 +124,9 @@ func (cfg Config) withDefaults() (Config, error) {
 			*d.value = d.def
 		}
 	}
+	if cfg.appCheck <= 0 {
+		cfg.appCheck = defaultAppCheck
+	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{Timeout: DefaultDialTimeout}
 	}
@@ -142,7 +134,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.RetryBackoff == nil {
-		cfg.RetryBackoff = FullJitter(DefaultRetryBase, DefaultRetryMax)
+		cfg.RetryBackoff = backoff.FullJitter(DefaultRetryBase, DefaultRetryMax)
 	}
 	return cfg, nil
 }

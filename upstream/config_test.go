@@ -40,32 +40,3 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Error("the given dialer was replaced")
 	}
 }
-
-func TestFullJitterStaysUnderItsCeiling(t *testing.T) {
-	backoff := FullJitter(250*time.Millisecond, 30*time.Second)
-	for _, tc := range []struct {
-		attempt int
-		ceiling time.Duration
-	}{
-		{0, 250 * time.Millisecond},
-		{1, 250 * time.Millisecond},
-		{2, 500 * time.Millisecond},
-		{5, 4 * time.Second},
-		{8, 30 * time.Second},
-		{100, 30 * time.Second},
-		{1 << 30, 30 * time.Second},
-	} {
-		var highest time.Duration
-		for range 2000 {
-			d := backoff(tc.attempt)
-			if d < 0 || d > tc.ceiling {
-				t.Fatalf("attempt %d: %v outside [0, %v]", tc.attempt, d, tc.ceiling)
-			}
-			highest = max(highest, d)
-		}
-		// Full jitter spreads over the whole range, not just near zero.
-		if highest < tc.ceiling/2 {
-			t.Errorf("attempt %d: highest of 2000 draws %v, want near %v", tc.attempt, highest, tc.ceiling)
-		}
-	}
-}

@@ -36,17 +36,27 @@ func (l *liveConn) attach(c net.Conn) bool {
 }
 
 // setUp attaches the instance connection of the forwarder's request in
-// flight (nil: detaches it), so that Close ends it too. It reports false,
-// and closes c, when l is closed already.
+// flight, so that Close ends it too. It reports false, and closes c, when
+// l is closed already.
 func (l *liveConn) setUp(c net.Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed && c != nil {
+	if l.closed {
 		c.Close()
 		return false
 	}
 	l.up = c
 	return true
+}
+
+// detach forgets the instance connection of the request in flight and
+// reports whether l was closed meanwhile: Close may then close it still,
+// so it must not go back to the pool, where another request could have it.
+func (l *liveConn) detach() (closed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.up = nil
+	return l.closed
 }
 
 // setIdle marks whether the forwarder waits for the next request. It

@@ -25,6 +25,10 @@
 // refuses what an instance could read differently (smuggling), writes the
 // rewritten head to a pooled keep-alive connection to the instance and
 // relays the answer, with deadlines instead of goroutines and contexts.
+// Its waits on an instance are cut in slices (h1wait.go), between which it
+// looks, without reading, whether the app left (the instance connection
+// then closes, not counted against the instance) or whether the instance
+// answered instead of reading the request body (that answer is relayed).
 // What it does not do (upgrades such as websocket, Expect: 100-continue,
 // HTTP/1.0, CONNECT, absolute-form targets) it hands, before answering
 // anything on that connection, to one internal net/http server and

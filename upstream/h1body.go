@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 )
 
 // srcFailed and dstFailed tell which side of a body copy failed: the one
@@ -93,10 +92,11 @@ func (b *bodyCopy) start(contentLength int64, chunked, untilEOF bool) {
 
 func (b *bodyCopy) done() bool { return b.phase == phaseDone }
 
-// copy moves the rest of the body from src to dst (dstConn is dst's
-// connection, for splicing) and records it in rec (nil: not recorded).
-// Errors are *srcFailed or *dstFailed. dst is not flushed at the end.
-func (b *bodyCopy) copy(dst *bufio.Writer, dstConn net.Conn, src *connReader, rec *replayBuf) error {
+// copy moves the rest of the body from src to dst (dstConn is what dst
+// writes to, for large copies: a *net.TCPConn splices) and records it in
+// rec (nil: not recorded). Errors are *srcFailed or *dstFailed. dst is not
+// flushed at the end. Reads wait as src.wait says.
+func (b *bodyCopy) copy(dst *bufio.Writer, dstConn io.Writer, src *connReader, rec *replayBuf) error {
 	for b.phase != phaseDone {
 		if b.stream && dst.Buffered() > 0 && b.wouldWait(src) {
 			if err := dst.Flush(); err != nil {
@@ -112,9 +112,10 @@ func (b *bodyCopy) copy(dst *bufio.Writer, dstConn net.Conn, src *connReader, re
 				n, err := io.Copy(dstConn, io.LimitReader(src.c, b.left))
 				b.left -= n
 				if err != nil {
-					// Splicing does not say which side failed; the caller
-					// treats both alike once this much of a body moved.
-					return &dstFailed{err}
+					if err = src.wait.again(err); err == nil {
+						continue // a slice of the wait passed; nothing was lost
+					}
+					return bigCopyFailed(err, src)
 				}
 				if b.left > 0 {
 					return &srcFailed{io.ErrUnexpectedEOF}
@@ -197,12 +198,33 @@ func (b *bodyCopy) copy(dst *bufio.Writer, dstConn net.Conn, src *connReader, re
 				return &dstFailed{err}
 			}
 			if _, err := io.Copy(dstConn, src.c); err != nil {
-				return &dstFailed{err}
+				if err = src.wait.again(err); err == nil {
+					continue
+				}
+				return bigCopyFailed(err, src)
 			}
 			b.phase = phaseDone
 		}
 	}
 	return nil
+}
+
+// bigCopyFailed tells which side of a large copy failed. Through an
+// upWriter (a request body: src has no wait) the error says it. A splice
+// (an answer: src is the instance, dst the app) does not: the app is then
+// looked at, and an error is the instance's only when the app is still
+// there, so that an app that leaves never counts against an instance.
+func bigCopyFailed(err error, src *connReader) error {
+	var sf *srcFailed
+	switch {
+	case errors.As(err, &sf):
+		return err
+	case src.wait == nil:
+		return &dstFailed{err}
+	case errors.Is(err, errAppGone) || src.wait.app == nil || peek(src.wait.app) == peekGone:
+		return &dstFailed{err}
+	}
+	return &srcFailed{err}
 }
 
 // wouldWait reports whether the next step must read from the connection.

@@ -18,12 +18,9 @@ const ErrCodeBadRequest = "bad-request"
 // body may take to show the answer it sent early.
 const earlyAnswerWait = 100 * time.Millisecond
 
-// lingerTime and lingerBytes bound how long and how much of an unread
-// request body is drained before its connection closes (see closeWrite).
-const (
-	lingerTime  = 500 * time.Millisecond
-	lingerBytes = 256 << 10
-)
+// lingerTime bounds how long an unread request body is drained before its
+// connection closes (see closeWrite).
+const lingerTime = 500 * time.Millisecond
 
 // appIdleTimeout is how long an app's keep-alive connection may wait for
 // its next request, as the net/http path's IdleTimeout.
@@ -219,20 +216,28 @@ func (s *h1conn) forward() bool {
 		switch {
 		case res.err == nil:
 			return res.keep && !closeApp
+		case res.appFailed:
+			// The app's side: never the instance's failure.
+			var sf *srcFailed
+			switch {
+			case res.relayed:
+				m.log.Debug("app connection failed during the answer", "service", s.target.watch.name, "err", res.err)
+			case errors.As(res.err, &sf) && !isNetError(sf.err):
+				s.answer(400, ErrCodeBadRequest, "meshlet: bad request body: "+oneLine(sf.err.Error()), true)
+			case errors.Is(res.err, os.ErrDeadlineExceeded) && pastDeadline(deadline):
+				// The request's timeout passed while its body came.
+				status, code, msg := m.failureAnswer(p, &instanceError{addr: p.endpoint().Addr, err: errRequestTimeout}, true)
+				s.answer(status, code, msg, true)
+			default:
+				m.log.Debug("app connection failed during its request", "service", s.target.watch.name, "err", res.err)
+			}
+			return false
 		case res.relayed:
 			// The answer had begun: nothing is retried, the app's
 			// connection ends so that it sees the answer cut short.
 			s.bw.Flush()
 			m.log.Warn("instance failed during its answer", "service", s.target.watch.name,
 				"instance", p.endpoint().Addr, "err", res.err)
-			return false
-		case res.appFailed:
-			var sf *srcFailed
-			if errors.As(res.err, &sf) && !isNetError(sf.err) {
-				s.answer(400, ErrCodeBadRequest, "meshlet: bad request body: "+oneLine(sf.err.Error()), true)
-			} else {
-				m.log.Debug("app connection failed during its request", "service", s.target.watch.name, "err", res.err)
-			}
 			return false
 		}
 		err := res.err
@@ -295,13 +300,17 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 		}
 	}
 	pool := m.upPools.pool(e.Addr)
+	defer m.upPools.release(pool)
 	var uc *upConn
 	if !fresh {
 		for uc = m.upPools.get(pool); uc != nil; uc = m.upPools.get(pool) {
-			if idempotent(method) || alive(uc.c) {
+			// Every time, whatever the method: bytes that came while it
+			// was idle (a body after a HEAD, say) would be this request's
+			// answer. One system call per request.
+			if uc.alive() {
 				break
 			}
-			uc.c.Close() // a request that must not go twice goes on a live connection
+			uc.c.Close()
 		}
 		res.reused = uc != nil
 	}
@@ -319,16 +328,22 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 		res.err = net.ErrClosed
 		return res
 	}
-	defer s.live.setUp(nil)
 	reusable := false
 	defer func() {
-		if reusable {
+		// Detached before it is pooled: once pooled it may be another
+		// request's, and a Close of this app connection must not reach it.
+		if closed := s.live.detach(); reusable && !closed {
 			m.upPools.put(pool, uc)
 		} else {
 			uc.c.Close()
 		}
 	}()
-	uc.c.SetDeadline(tryDeadline)
+	// Reads and writes wait in slices (h1wait.go): the app may leave, the
+	// instance may answer before it reads the whole body.
+	every := m.cfg.appCheck
+	uc.rs.app, uc.rs.every, uc.rs.until = s.c, every, tryDeadline
+	uc.w.every, uc.w.until = every, tryDeadline
+	uc.c.SetDeadline(sliceEnd(now, every, tryDeadline))
 
 	// The request: head, what an earlier attempt sent of the body, the rest.
 	uc.bw.Write(s.out)
@@ -339,7 +354,7 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 	var writeErr error
 	if !s.body.done() {
 		res.sentBody = true
-		if err := s.body.copy(uc.bw, uc.c, &s.rd, &s.rec); err != nil {
+		if err := s.body.copy(uc.bw, &uc.w, &s.rd, &s.rec); err != nil {
 			var sf *srcFailed
 			if errors.As(err, &sf) {
 				res.appFailed, res.err = true, err
@@ -354,7 +369,8 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 	if writeErr != nil {
 		// The instance may have answered early (a 413, a 401) and stopped
 		// reading: that answer is the one to give, if it is there.
-		uc.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+		uc.rs.until = time.Now().Add(earlyAnswerWait)
+		uc.c.SetReadDeadline(uc.rs.until)
 	}
 
 	// The answer: interim heads passed on, then the final one.
@@ -362,6 +378,11 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 	for {
 		raw, err := uc.rd.readHead(false)
 		if err != nil {
+			if errors.Is(err, errAppGone) {
+				// Not the instance's failure; its connection closes.
+				res.appFailed, res.err = true, err
+				return res
+			}
 			res.gotBytes = len(uc.rd.buffered()) > 0 || res.relayed
 			if writeErr != nil {
 				err = writeErr
@@ -409,15 +430,19 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 	if v, ok := pinCookie(p); ok && !s.respSetsCookie(p.policy.CookieName) {
 		cookie = v
 	}
-	uc.c.SetDeadline(deadline)
+	// The try timeout was for the head; the body has the request's. The
+	// slice armed goes on: when it passes, the next one ends at deadline.
+	uc.rs.until = deadline
 	s.writeRespHead(rh, &cookie, 1, closeApp)
 	res.relayed = true
 	if err := s.rbody.copy(s.bw, s.c, &uc.rd, nil); err != nil {
+		var df *dstFailed
+		res.appFailed = errors.As(err, &df) || errors.Is(err, errAppGone) // writing to the app failed, or it left
 		res.err = s.timeoutCause(err, deadline)
 		return res
 	}
 	if err := s.bw.Flush(); err != nil {
-		res.err = err
+		res.appFailed, res.err = true, err
 		return res
 	}
 	reusable = writeErr == nil && !untilEOF && !rh.connClose && (rh.minor >= 1 || rh.connKeepAlive) && len(uc.rd.buffered()) == 0
@@ -428,13 +453,18 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 	return res
 }
 
+// pastDeadline reports whether deadline (zero: none) has passed.
+func pastDeadline(deadline time.Time) bool {
+	return !deadline.IsZero() && !time.Now().Before(deadline)
+}
+
 // timeoutCause names the timeout behind a deadline error: the request's
 // own, or the attempt's.
 func (s *h1conn) timeoutCause(err error, deadline time.Time) error {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return err
 	}
-	if !deadline.IsZero() && !time.Now().Before(deadline) {
+	if pastDeadline(deadline) {
 		return errRequestTimeout
 	}
 	return errTryTimeout

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -198,9 +199,17 @@ func cutLine(b []byte) (line, rest []byte, err error) {
 	return b[:i-1], b[i+1:], nil
 }
 
+// maxConnTokens is the most tokens the Connection fields of a head may
+// name together.
+const maxConnTokens = 64
+
 // parseFields parses the header lines of b, up to its empty line.
 func parseFields(b []byte, h *head, request bool) error {
 	teSeen := false
+	// The Connection tokens, to mark the fields they name. Real heads have
+	// one to three; a cap keeps a hostile one from costing tokens × fields.
+	var conn [maxConnTokens][]byte
+	nconn := 0
 	for {
 		full := b
 		line, rest, err := cutLine(b)
@@ -251,6 +260,13 @@ func parseFields(b []byte, h *head, request bool) error {
 		case fieldConnection:
 			for tok := range bytes.SplitSeq(value, []byte(",")) {
 				tok = trimOWS(tok)
+				if len(tok) == 0 {
+					continue
+				}
+				if nconn == len(conn) {
+					return badHead("more than %d tokens in Connection", len(conn))
+				}
+				conn[nconn], nconn = tok, nconn+1
 				switch {
 				case bytes.EqualFold(tok, []byte("close")):
 					h.connClose = true
@@ -279,28 +295,59 @@ func parseFields(b []byte, h *head, request bool) error {
 		return badHead("both Transfer-Encoding and Content-Length")
 	}
 	// The headers Connection names are hop-by-hop too, whatever they are,
-	// except those the framing and routing need.
-	for _, f := range h.fields {
-		if f.kind != fieldConnection {
+	// except those the framing and routing need. The tokens are capped, so
+	// this is linear in the head's size.
+	if nconn == 0 {
+		return nil
+	}
+	toks := conn[:nconn]
+	// Past a few tokens, a binary search: each field then costs a few
+	// comparisons, however many tokens there are.
+	sorted := nconn > 4
+	if sorted {
+		slices.SortFunc(toks, compareFold)
+	}
+	for i := range h.fields {
+		f := &h.fields[i]
+		switch f.kind {
+		case fieldHost, fieldContentLength, fieldTransferEncoding, fieldHop:
 			continue
 		}
-		for tok := range bytes.SplitSeq(f.value, []byte(",")) {
-			tok = trimOWS(tok)
-			if len(tok) == 0 {
-				continue
-			}
-			for i := range h.fields {
-				switch h.fields[i].kind {
-				case fieldHost, fieldContentLength, fieldTransferEncoding:
-					continue
-				}
-				if bytes.EqualFold(h.fields[i].name, tok) {
-					h.fields[i].kind = fieldHop
+		named := false
+		if sorted {
+			_, named = slices.BinarySearchFunc(toks, f.name, compareFold)
+		} else {
+			for _, tok := range toks {
+				if len(tok) == len(f.name) && bytes.EqualFold(f.name, tok) {
+					named = true
+					break
 				}
 			}
+		}
+		if named {
+			f.kind = fieldHop
 		}
 	}
 	return nil
+}
+
+// compareFold orders ASCII byte strings ignoring case, as field names
+// compare.
+func compareFold(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		x, y := lowerASCII(a[i]), lowerASCII(b[i])
+		if x != y {
+			return int(x) - int(y)
+		}
+	}
+	return len(a) - len(b)
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // classify1 tells the kind of a header field by its name.

@@ -5,7 +5,7 @@ import (
 	"context"
 	"net"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,7 +20,10 @@ const (
 type upConn struct {
 	c         net.Conn
 	rd        connReader
+	rs        readSlices // rd's waits
+	w         upWriter   // bw writes through it
 	bw        *bufio.Writer
+	pk        peeker
 	idleSince time.Time
 }
 
@@ -29,13 +32,19 @@ type upConn struct {
 // by the instance, and the others age out.
 type instancePool struct {
 	addr string
-	mu   sync.Mutex
-	idle []*upConn
+	// users counts the requests that hold the pool (pool to release): the
+	// reaper keeps a pool they may put a connection back into.
+	users  atomic.Int64
+	mu     sync.Mutex
+	idle   []*upConn
+	closed bool // by upPools.close: connections put back are closed
 }
 
 // upPools are the forwarder's pools, one per instance address.
 type upPools struct {
-	dialer *net.Dialer
+	dialer      *net.Dialer
+	idleTimeout time.Duration // of an idle connection; the reaper runs every third of it
+	bufs        sync.Pool     // *[]byte of copyBufSize, for upWriter
 
 	mu      sync.Mutex
 	pools   map[string]*instancePool
@@ -45,24 +54,33 @@ type upPools struct {
 }
 
 func newUpPools(d *net.Dialer) *upPools {
-	return &upPools{dialer: d, pools: map[string]*instancePool{}, stop: make(chan struct{})}
+	u := &upPools{dialer: d, idleTimeout: idleConnTimeout, pools: map[string]*instancePool{}, stop: make(chan struct{})}
+	u.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
+	return u
 }
 
-// pool returns the pool of addr, made if new.
+// pool returns the pool of addr, made if new, for one request, which
+// gives it back with release.
 func (u *upPools) pool(addr string) *instancePool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	p := u.pools[addr]
 	if p == nil {
-		p = &instancePool{addr: addr}
-		u.pools[addr] = p
+		p = &instancePool{addr: addr, closed: u.closed}
+		if !u.closed {
+			u.pools[addr] = p
+		}
 		if !u.reaping && !u.closed {
 			u.reaping = true
 			go u.reap()
 		}
 	}
+	p.users.Add(1) // under u.mu: the reaper, which holds it, sees it
 	return p
 }
+
+// release ends a request's hold on p, after its connection was put back.
+func (u *upPools) release(p *instancePool) { p.users.Add(-1) }
 
 // get returns an idle connection, or nil. Those idle too long are closed.
 func (u *upPools) get(p *instancePool) *upConn {
@@ -73,7 +91,7 @@ func (u *upPools) get(p *instancePool) *upConn {
 		c := p.idle[n-1]
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
-		if now.Sub(c.idleSince) < idleConnTimeout {
+		if now.Sub(c.idleSince) < u.idleTimeout {
 			return c
 		}
 		c.c.Close()
@@ -85,11 +103,14 @@ func (u *upPools) get(p *instancePool) *upConn {
 func (u *upPools) put(p *instancePool, c *upConn) {
 	c.idleSince = time.Now()
 	c.c.SetDeadline(time.Time{})
-	u.mu.Lock()
-	closed := u.closed
-	u.mu.Unlock()
+	c.rs.app = nil
+	if len(c.rd.buf) > readBufSize {
+		// A large answer head grew it: an idle connection keeps no more
+		// than the usual.
+		c.rd.reset(c.c, make([]byte, readBufSize))
+	}
 	p.mu.Lock()
-	if !closed && len(p.idle) < maxIdlePerInstance {
+	if !p.closed && len(p.idle) < maxIdlePerInstance {
 		p.idle = append(p.idle, c)
 		c = nil
 	}
@@ -111,14 +132,19 @@ func (u *upPools) dial(ctx context.Context, addr string, deadline time.Time) (*u
 	if err != nil {
 		return nil, &dialError{addr: addr, err: err}
 	}
-	uc := &upConn{c: c, bw: bufio.NewWriterSize(c, writeBufSize)}
+	uc := &upConn{c: c}
+	uc.pk.init(c)
+	uc.w = upWriter{c: c, pk: &uc.pk, bufs: &u.bufs}
+	uc.bw = bufio.NewWriterSize(&uc.w, writeBufSize)
+	uc.rs.c = c
 	uc.rd.reset(c, make([]byte, readBufSize))
+	uc.rd.wait, uc.rd.limit = &uc.rs, maxRespHeadSize
 	return uc, nil
 }
 
 // reap closes idle connections past their time, until close.
 func (u *upPools) reap() {
-	t := time.NewTicker(idleConnTimeout / 3)
+	t := time.NewTicker(u.idleTimeout / 3)
 	defer t.Stop()
 	for {
 		select {
@@ -129,8 +155,10 @@ func (u *upPools) reap() {
 			pools := make([]*instancePool, 0, len(u.pools))
 			for addr, p := range u.pools {
 				p.mu.Lock()
-				if len(p.idle) == 0 {
-					delete(u.pools, addr) // made again when used
+				if len(p.idle) == 0 && p.users.Load() == 0 {
+					// Made again when used. One with requests in flight
+					// stays: they put their connections back into it.
+					delete(u.pools, addr)
 				}
 				p.mu.Unlock()
 				pools = append(pools, p)
@@ -140,7 +168,7 @@ func (u *upPools) reap() {
 				p.mu.Lock()
 				keep := p.idle[:0]
 				for _, c := range p.idle {
-					if now.Sub(c.idleSince) >= idleConnTimeout {
+					if now.Sub(c.idleSince) >= u.idleTimeout {
 						c.c.Close()
 					} else {
 						keep = append(keep, c)
@@ -168,33 +196,11 @@ func (u *upPools) close() {
 	u.mu.Unlock()
 	for _, p := range pools {
 		p.mu.Lock()
+		p.closed = true
 		for _, c := range p.idle {
 			c.c.Close()
 		}
 		p.idle = nil
 		p.mu.Unlock()
 	}
-}
-
-// alive reports whether an idle connection still looks open: no EOF, no
-// error and no unexpected bytes are waiting on it. It costs a system call,
-// so the forwarder asks only before sending a request it must not send
-// twice.
-func alive(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	ok = false
-	var buf [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		ok = err == syscall.EAGAIN
-		return true
-	})
-	return err == nil && ok
 }

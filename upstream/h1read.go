@@ -7,19 +7,22 @@ import (
 	"net"
 )
 
-// Sizes of the forwarder's buffers. A head must fit in maxHeadSize; the
-// net/http path is held to the same limit (Mesh.server.MaxHeaderBytes).
+// Sizes of the forwarder's buffers. A request head must fit in
+// maxHeadSize; the net/http path is held to the same limit
+// (Mesh.server.MaxHeaderBytes). Answer heads may be larger, as net/http's
+// transport allows them (it allows 10 MB).
 const (
-	readBufSize  = 4 << 10
-	writeBufSize = 4 << 10
-	maxHeadSize  = 64 << 10
+	readBufSize     = 4 << 10
+	writeBufSize    = 4 << 10
+	maxHeadSize     = 64 << 10
+	maxRespHeadSize = 1 << 20
 	// maxLeadingEmptyLines is how many empty lines before a request line
 	// are skipped (RFC 9112 2.2 allows a client's stray CRLF after a body).
 	maxLeadingEmptyLines = 4
 )
 
 var (
-	errHeadTooLarge = errors.New("head larger than 64 KiB")
+	errHeadTooLarge = errors.New("head too large")
 	errBareLF       = errors.New("line not ended by CRLF")
 )
 
@@ -31,6 +34,17 @@ type connReader struct {
 	c    net.Conn
 	buf  []byte
 	r, w int
+	// limit is the largest head (zero: maxHeadSize); wait, if set, is how
+	// reads wait (see readSlices).
+	limit int
+	wait  *readSlices
+}
+
+func (b *connReader) maxHead() int {
+	if b.limit > 0 {
+		return b.limit
+	}
+	return maxHeadSize
 }
 
 func (b *connReader) reset(c net.Conn, buf []byte) {
@@ -42,7 +56,7 @@ func (b *connReader) buffered() []byte { return b.buf[b.r:b.w] }
 func (b *connReader) discard(n int) { b.r += n }
 
 // fill reads once more from the connection, making room first: it moves
-// the unread bytes to the front, or doubles the buffer up to maxHeadSize.
+// the unread bytes to the front, or doubles the buffer up to its limit.
 func (b *connReader) fill() error {
 	if b.r == b.w {
 		b.r, b.w = 0, 0
@@ -52,23 +66,27 @@ func (b *connReader) fill() error {
 		case b.r > 0:
 			b.w = copy(b.buf, b.buf[b.r:b.w])
 			b.r = 0
-		case len(b.buf) < maxHeadSize:
-			nb := make([]byte, min(2*len(b.buf), maxHeadSize))
+		case len(b.buf) < b.maxHead():
+			nb := make([]byte, min(2*len(b.buf), b.maxHead()))
 			b.w = copy(nb, b.buf[b.r:b.w])
 			b.r, b.buf = 0, nb
 		default:
 			return errHeadTooLarge
 		}
 	}
-	for range 100 {
+	for empty := 0; empty < 100; {
 		n, err := b.c.Read(b.buf[b.w:])
 		b.w += n
 		if n > 0 {
 			return nil // an error comes again with the next read
 		}
 		if err != nil {
-			return err
+			if err = b.wait.again(err); err != nil {
+				return err
+			}
+			continue
 		}
+		empty++
 	}
 	return io.ErrNoProgress
 }

@@ -1,10 +1,13 @@
 package upstream
 
 import (
-	"io"
+	"net"
 	"net/http"
 	"strconv"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // What the forwarder writes: the head for the instance, the head for the
@@ -140,12 +143,38 @@ func (s *h1conn) answer(status int, code, msg string, closeApp bool) bool {
 // closeWrite ends the answers on the app's connection before it closes.
 // When the app may still be sending a request body, what it sends is read
 // and dropped for a moment: closing a socket with unread bytes resets it,
-// and the reset could destroy the answer before the app reads it.
+// and the reset destroys what of the answer the app has not received yet.
+// The moment ends once the app has received all of it, or lingerTime.
 func (s *h1conn) closeWrite() {
 	cw, ok := s.c.(closeWriter)
 	if !ok || cw.CloseWrite() != nil || s.body.done() {
 		return
 	}
 	s.c.SetReadDeadline(time.Now().Add(lingerTime))
-	io.CopyN(io.Discard, s.c, lingerBytes)
+	buf := s.rd.buf // the connection ends: what it holds is no longer needed
+	for unacked(s.c) != 0 {
+		if _, err := s.c.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
+// unacked is how many bytes written to c its peer has not acknowledged
+// yet; -1 when it cannot be told.
+func unacked(c net.Conn) int {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }

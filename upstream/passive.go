@@ -99,6 +99,18 @@ func (r *hostRegistry) get(e Endpoint) *hostState {
 	return h
 }
 
+// readmit clears the failures and ejection of e, if it has a state.
+func (r *hostRegistry) readmit(e Endpoint) {
+	r.mu.Lock()
+	h := r.hosts[hostKey(e)]
+	r.mu.Unlock()
+	if h != nil {
+		h.ejectedUntil.Store(0)
+		h.ejections.Store(0)
+		h.failures.Store(0)
+	}
+}
+
 // keep forgets the state of every instance not in keep: one that comes
 // back later starts afresh.
 func (r *hostRegistry) keep(keep map[string]bool) {

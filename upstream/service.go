@@ -122,6 +122,7 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 	w.mu.Lock()
 	same := w.view.Load() != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil)
 	if !same {
+		w.readmit(eps)
 		v := w.buildView(eps, m, now)
 		w.lastEndpoints = sortedCopy(eps)
 		w.view.Store(v)
@@ -134,6 +135,30 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 			m.state.changed()
 		}
 		w.answeredOnce.Do(func() { close(w.answered) })
+	}
+}
+
+// readmit ends the passive-health ejection of the instances Consul shows
+// passing again after they were not passing (or absent) in its previous
+// answer: a check that passes again is fresher evidence than the failures
+// that ejected them. Only a transition counts: an instance that passed
+// throughout keeps its ejection, else passive health would be useless
+// against one whose check passes while its traffic fails. w.mu is held.
+func (w *serviceWatch) readmit(eps []Endpoint) {
+	var before map[string]string
+	for _, e := range eps {
+		if e.Status != api.HealthPassing {
+			continue
+		}
+		if before == nil {
+			before = make(map[string]string, len(w.lastEndpoints))
+			for _, p := range w.lastEndpoints {
+				before[hostKey(p)] = p.Status
+			}
+		}
+		if before[hostKey(e)] != api.HealthPassing {
+			w.hosts.readmit(e)
+		}
 	}
 }
 
