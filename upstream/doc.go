@@ -28,7 +28,13 @@
 // Its waits on an instance are cut in slices (h1wait.go), between which it
 // looks, without reading, whether the app left (the instance connection
 // then closes, not counted against the instance) or whether the instance
-// answered instead of reading the request body (that answer is relayed).
+// answered instead of reading the request body (that answer is relayed;
+// interim 1xx heads alone are not such an answer). An app that only
+// half-closes is taken as gone too, and gets a 502 app-closed if nothing
+// of its answer was written yet. Answers delimited by the instance's close
+// reach the app in chunks; an answer cut short (the instance failed, or
+// the app half-closed, mid-answer) ends the app's connection with a reset,
+// so that the app sees an error and never takes a part for the whole.
 // What it does not do (upgrades such as websocket, Expect: 100-continue,
 // HTTP/1.0, CONNECT, absolute-form targets) it hands, before answering
 // anything on that connection, to one internal net/http server and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 )
 
 // srcFailed and dstFailed tell which side of a body copy failed: the one
@@ -58,7 +59,7 @@ const (
 	phaseChunkSize        // a chunk-size line
 	phaseChunkEnd         // the CRLF after a chunk's data
 	phaseTrailer          // trailer fields, up to the empty line
-	phaseUntilEOF         // a response delimited by the close of the connection
+	phaseUntilEOF         // an answer delimited by the close of the connection, passed on in chunks
 	phaseDone
 )
 
@@ -71,7 +72,8 @@ type bodyCopy struct {
 	// piece flushed before waiting for the next (ReverseProxy flushes such
 	// answers at once too, and the transport flushes each request chunk).
 	stream bool
-	left   int64 // phaseData: bytes left
+	left   int64    // phaseData: bytes left
+	size   [18]byte // phaseUntilEOF: scratch for a chunk-size line
 }
 
 // start sets up the copy of a body framed by contentLength (-1: none),
@@ -188,22 +190,34 @@ func (b *bodyCopy) copy(dst *bufio.Writer, dstConn io.Writer, src *connReader, r
 				b.phase = phaseDone
 			}
 		case phaseUntilEOF:
-			if p := src.buffered(); len(p) > 0 {
-				src.discard(len(p))
-				if _, err := dst.Write(p); err != nil {
-					return &dstFailed{err}
-				}
-			}
-			if err := dst.Flush(); err != nil {
-				return &dstFailed{err}
-			}
-			if _, err := io.Copy(dstConn, src.c); err != nil {
-				if err = src.wait.again(err); err == nil {
+			// Each read passes on as one chunk, and the last chunk only
+			// when the instance closed cleanly: an answer it cuts short
+			// (a reset, a timeout) then shows as cut to the app. Through
+			// the buffers, not spliced: a splice cannot add the framing.
+			if len(src.buffered()) == 0 {
+				if err := src.fill(); err != nil {
+					if !errors.Is(err, io.EOF) {
+						return &srcFailed{err}
+					}
+					if _, err := dst.WriteString("0\r\n\r\n"); err != nil {
+						return &dstFailed{err}
+					}
+					b.phase = phaseDone
 					continue
 				}
-				return bigCopyFailed(err, src)
 			}
-			b.phase = phaseDone
+			p := src.buffered()
+			src.discard(len(p))
+			line := append(strconv.AppendInt(b.size[:0], int64(len(p)), 16), '\r', '\n')
+			if _, err := dst.Write(line); err != nil {
+				return &dstFailed{err}
+			}
+			if _, err := dst.Write(p); err != nil {
+				return &dstFailed{err}
+			}
+			if _, err := dst.WriteString("\r\n"); err != nil {
+				return &dstFailed{err}
+			}
 		}
 	}
 	return nil
@@ -221,7 +235,7 @@ func bigCopyFailed(err error, src *connReader) error {
 		return err
 	case src.wait == nil:
 		return &dstFailed{err}
-	case errors.Is(err, errAppGone) || src.wait.app == nil || peek(src.wait.app) == peekGone:
+	case errors.Is(err, errAppGone) || src.wait.app == nil || appGone(src.wait.app):
 		return &dstFailed{err}
 	}
 	return &srcFailed{err}

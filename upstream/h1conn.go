@@ -14,6 +14,10 @@ import (
 // to pass on (400, 431, 501).
 const ErrCodeBadRequest = "bad-request"
 
+// msgAppClosed is the body of the 502 an app gets when it half-closed its
+// connection while its answer was awaited (ErrCodeAppClosed).
+const msgAppClosed = "meshlet: the app closed its side of the connection before the answer came; the request to the instance was abandoned"
+
 // earlyAnswerWait is how long an instance that stopped reading a request
 // body may take to show the answer it sent early.
 const earlyAnswerWait = 100 * time.Millisecond
@@ -51,6 +55,9 @@ type h1conn struct {
 	method string
 	num    [20]byte // scratch for numbers written
 	pick   pick
+	// abort: an answer was cut short; the connection ends with a reset
+	// so that the app sees an error, never a clean end.
+	abort bool
 
 	cookies func(name string, found func(stickyID) bool)
 }
@@ -81,17 +88,47 @@ func (m *Mesh) serveH1(ctx context.Context, live *liveConn, conn net.Conn, peeke
 	if handOff >= 0 {
 		rest = append([]byte(nil), s.rd.buf[handOff:s.rd.w]...)
 	}
-	s.ctx, s.live, s.c, s.target = nil, nil, nil, nil
+	abort := s.abort
+	s.ctx, s.live, s.c, s.target, s.abort = nil, nil, nil, nil, false
 	s.pick = pick{tried: s.pick.tried[:0], avail: s.pick.avail} // avail reads s.pick
 	s.bw.Reset(nil)
 	s.rd.reset(nil, s.rd.buf)
+	s.shrink()
 	s.rec.reset()
 	m.h1conns.Put(s)
 	if handOff >= 0 {
 		m.handToHTTP(ctx, conn, rest, t)
 		return
 	}
+	if abort {
+		resetOnClose(conn)
+	}
 	conn.Close()
+}
+
+// shrink drops what a large head grew (the heads' fields, the read buffer
+// when it holds nothing, the head for the instance), so that a connection
+// that waits for its next request, or an h1conn in the pool, keeps no
+// more than the usual. A hostile head costs its memory only while it
+// passes.
+func (s *h1conn) shrink() {
+	s.req.release()
+	s.resp.release()
+	if len(s.rd.buf) > readBufSize && s.rd.r == s.rd.w {
+		s.rd.buf, s.rd.r, s.rd.w = make([]byte, readBufSize), 0, 0
+	}
+	if cap(s.out) > 16<<10 {
+		s.out = make([]byte, 0, 512)
+	}
+}
+
+// resetOnClose makes the Close of c reset the connection (SO_LINGER 0):
+// the app's reads then fail, where a FIN would end a cut answer as if it
+// were whole.
+func resetOnClose(c net.Conn) {
+	if lc, ok := c.(interface{ SetLinger(int) error }); ok {
+		lc.SetLinger(0)
+	}
 }
 
 // hostOnly is the IP of an address, as X-Forwarded-For wants it (and as
@@ -114,6 +151,7 @@ func (s *h1conn) serve() int {
 	for {
 		s.method = ""
 		s.body = bodyCopy{phase: phaseDone}
+		s.shrink()
 		if !s.live.setIdle(true) {
 			return -1
 		}
@@ -221,7 +259,18 @@ func (s *h1conn) forward() bool {
 			var sf *srcFailed
 			switch {
 			case res.relayed:
+				// The app may only have half-closed: the rest of its
+				// answer would then end in a FIN and look whole.
+				s.bw.Flush()
+				s.abort = true
 				m.log.Debug("app connection failed during the answer", "service", s.target.watch.name, "err", res.err)
+			case errors.Is(res.err, errAppGone):
+				// A FIN while the answer was awaited: the app left, or
+				// half-closed and still reads. Its request was abandoned
+				// (the instance connection closed); it is told so, which
+				// is harmless when it is really gone.
+				m.log.Debug("app closed its connection while its answer was awaited", "service", s.target.watch.name)
+				s.answer(502, ErrCodeAppClosed, msgAppClosed, true)
 			case errors.As(res.err, &sf) && !isNetError(sf.err):
 				s.answer(400, ErrCodeBadRequest, "meshlet: bad request body: "+oneLine(sf.err.Error()), true)
 			case errors.Is(res.err, os.ErrDeadlineExceeded) && pastDeadline(deadline):
@@ -234,8 +283,10 @@ func (s *h1conn) forward() bool {
 			return false
 		case res.relayed:
 			// The answer had begun: nothing is retried, the app's
-			// connection ends so that it sees the answer cut short.
+			// connection ends with a reset so that it sees the answer
+			// cut short.
 			s.bw.Flush()
+			s.abort = true
 			m.log.Warn("instance failed during its answer", "service", s.target.watch.name,
 				"instance", p.endpoint().Addr, "err", res.err)
 			return false
@@ -402,7 +453,7 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 			res.err = errors.New("unasked-for 101 Switching Protocols")
 			return res
 		}
-		s.writeRespHead(rh, nil, 0, false)
+		s.writeRespHead(rh, nil, 0, false, false)
 		if err := s.bw.Flush(); err != nil {
 			res.appFailed, res.err = true, err
 			return res
@@ -417,14 +468,31 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 		res.err = errors.New("answer with both Transfer-Encoding and Content-Length")
 		return res
 	}
+	// An answer delimited by the instance's close goes to the app in
+	// chunks (as net/http's path does): its end is then the last chunk,
+	// written only when the instance closed cleanly, and the app's
+	// connection can carry the next request.
 	untilEOF := !noBody && !rh.chunked && rh.contentLength < 0
 	// After an early answer the rest of the request body is still on its
 	// way: the connection cannot carry another request.
-	closeApp := untilEOF || s.req.connClose || writeErr != nil || s.live.isDraining()
+	closeApp := s.req.connClose || writeErr != nil || s.live.isDraining()
 	if noBody {
 		s.rbody.start(-1, false, false)
 	} else {
 		s.rbody.start(rh.contentLength, rh.chunked, untilEOF)
+	}
+	if untilEOF {
+		// Chunks pass through the buffers, not spliced: large reads keep
+		// them near splice speed (4 KiB ones halved it). The connection
+		// is not pooled after such an answer, so the buffer is its until
+		// the end.
+		bp := m.upPools.bufs.Get().(*[]byte)
+		n := copy(*bp, uc.rd.buffered()) // a head's remains: at most maxRespHeadSize
+		uc.rd.buf, uc.rd.r, uc.rd.w = *bp, 0, n
+		defer func() {
+			uc.rd.reset(nil, nil)
+			m.upPools.bufs.Put(bp)
+		}()
 	}
 	cookie := ""
 	if v, ok := pinCookie(p); ok && !s.respSetsCookie(p.policy.CookieName) {
@@ -433,7 +501,7 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 	// The try timeout was for the head; the body has the request's. The
 	// slice armed goes on: when it passes, the next one ends at deadline.
 	uc.rs.until = deadline
-	s.writeRespHead(rh, &cookie, 1, closeApp)
+	s.writeRespHead(rh, &cookie, 1, untilEOF, closeApp)
 	res.relayed = true
 	if err := s.rbody.copy(s.bw, s.c, &uc.rd, nil); err != nil {
 		var df *dstFailed

@@ -8,16 +8,18 @@ import (
 	"time"
 )
 
-// connectionHead is a request head of about maxHeadSize whose Connection
-// field names tokens and whose other fields are all named field.
+// connectionHead is a request head of about maxHeadSize, with as many
+// fields as a head may have, whose Connection field names tokens and
+// whose other fields are all named field.
 func connectionHead(tokens []string, field string) []byte {
 	var b strings.Builder
 	b.WriteString("GET / HTTP/1.1\r\nHost: a\r\n")
 	if len(tokens) > 0 {
 		b.WriteString("Connection: " + strings.Join(tokens, ", ") + "\r\n")
 	}
-	for b.Len() < maxHeadSize-len(field)-8 {
-		b.WriteString(field + ":\r\n")
+	line := field + ": " + strings.Repeat("v", maxHeadSize/maxFields-len(field)-8) + "\r\n"
+	for range maxFields - 2 {
+		b.WriteString(line)
 	}
 	b.WriteString("\r\n")
 	return []byte(b.String())

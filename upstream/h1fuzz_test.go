@@ -132,7 +132,7 @@ func FuzzResponseHead(f *testing.F) {
 		var buf bytes.Buffer
 		s := &h1conn{bw: bufio.NewWriter(&buf)}
 		cookie := "c=v"
-		s.writeRespHead(&in, &cookie, 1, false)
+		s.writeRespHead(&in, &cookie, 1, false, false)
 		s.bw.Flush()
 		outRaw, err := readerOf(buf.Bytes()).readHead(false)
 		if err != nil || len(outRaw) != buf.Len() {

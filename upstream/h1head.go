@@ -179,6 +179,25 @@ func (h *head) reset() {
 	*h = head{fields: fields, contentLength: -1}
 }
 
+// release drops what a head was parsed into, so that nothing aliases the
+// buffer it came from, and the fields slice too if a large head grew it:
+// a connection that waits keeps no more than the usual.
+func (h *head) release() {
+	fields := h.fields[:0]
+	if cap(fields) > keptFields {
+		fields = nil
+	}
+	*h = head{fields: fields, contentLength: -1}
+}
+
+// maxFields is the most header fields a head may have (net/http has no
+// such cap, but each field costs more than the 4 bytes of "a:\r\n" it can
+// take in a head); keptFields is the capacity kept between heads.
+const (
+	maxFields  = 256
+	keptFields = 64
+)
+
 // parseVersion accepts HTTP/1.0 to HTTP/1.9 and returns the minor digit.
 func parseVersion(v []byte) (byte, bool) {
 	if len(v) != 8 || string(v[:7]) != "HTTP/1." || v[7] < '0' || v[7] > '9' {
@@ -285,6 +304,9 @@ func parseFields(b []byte, h *head, request bool) error {
 					h.teTrailers = true
 				}
 			}
+		}
+		if len(h.fields) == maxFields {
+			return &headError{status: 431, msg: fmt.Sprintf("more than %d header fields", maxFields)}
 		}
 		h.fields = append(h.fields, f)
 	}

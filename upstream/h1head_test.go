@@ -245,7 +245,7 @@ func TestAnswerHeadRewrite(t *testing.T) {
 			if err := parseResponseHead(raw, &s.resp); err != nil {
 				t.Fatal(err)
 			}
-			s.writeRespHead(&s.resp, &tc.cookie, 1, tc.closeApp)
+			s.writeRespHead(&s.resp, &tc.cookie, 1, false, tc.closeApp)
 			s.bw.Flush()
 			if out.String() != tc.want {
 				t.Errorf("app got\n%q\nwant\n%q", out.String(), tc.want)

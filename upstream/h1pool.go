@@ -134,7 +134,7 @@ func (u *upPools) dial(ctx context.Context, addr string, deadline time.Time) (*u
 	}
 	uc := &upConn{c: c}
 	uc.pk.init(c)
-	uc.w = upWriter{c: c, pk: &uc.pk, bufs: &u.bufs}
+	uc.w = upWriter{c: c, pk: &uc.pk, rd: &uc.rd, bufs: &u.bufs}
 	uc.bw = bufio.NewWriterSize(&uc.w, writeBufSize)
 	uc.rs.c = c
 	uc.rd.reset(c, make([]byte, readBufSize))

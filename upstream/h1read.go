@@ -9,13 +9,14 @@ import (
 
 // Sizes of the forwarder's buffers. A request head must fit in
 // maxHeadSize; the net/http path is held to the same limit
-// (Mesh.server.MaxHeaderBytes). Answer heads may be larger, as net/http's
-// transport allows them (it allows 10 MB).
+// (Mesh.server.MaxHeaderBytes). Answer heads may be larger (net/http's
+// transport allows 10 MB), but a head is held whole in memory for as long
+// as its answer passes: 256 KiB is far more than real answers carry.
 const (
 	readBufSize     = 4 << 10
 	writeBufSize    = 4 << 10
 	maxHeadSize     = 64 << 10
-	maxRespHeadSize = 1 << 20
+	maxRespHeadSize = 256 << 10
 	// maxLeadingEmptyLines is how many empty lines before a request line
 	// are skipped (RFC 9112 2.2 allows a client's stray CRLF after a body).
 	maxLeadingEmptyLines = 4
@@ -58,21 +59,8 @@ func (b *connReader) discard(n int) { b.r += n }
 // fill reads once more from the connection, making room first: it moves
 // the unread bytes to the front, or doubles the buffer up to its limit.
 func (b *connReader) fill() error {
-	if b.r == b.w {
-		b.r, b.w = 0, 0
-	}
-	if b.w == len(b.buf) {
-		switch {
-		case b.r > 0:
-			b.w = copy(b.buf, b.buf[b.r:b.w])
-			b.r = 0
-		case len(b.buf) < b.maxHead():
-			nb := make([]byte, min(2*len(b.buf), b.maxHead()))
-			b.w = copy(nb, b.buf[b.r:b.w])
-			b.r, b.buf = 0, nb
-		default:
-			return errHeadTooLarge
-		}
+	if !b.makeRoom() {
+		return errHeadTooLarge
 	}
 	for empty := 0; empty < 100; {
 		n, err := b.c.Read(b.buf[b.w:])
@@ -89,6 +77,28 @@ func (b *connReader) fill() error {
 		empty++
 	}
 	return io.ErrNoProgress
+}
+
+// makeRoom makes room after the unread bytes for more, and reports
+// whether there is any: a head may not grow past maxHead.
+func (b *connReader) makeRoom() bool {
+	if b.r == b.w {
+		b.r, b.w = 0, 0
+	}
+	if b.w == len(b.buf) {
+		switch {
+		case b.r > 0:
+			b.w = copy(b.buf, b.buf[b.r:b.w])
+			b.r = 0
+		case len(b.buf) < b.maxHead():
+			nb := make([]byte, min(2*len(b.buf), b.maxHead()))
+			b.w = copy(nb, b.buf[b.r:b.w])
+			b.r, b.buf = 0, nb
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // readHead returns the next head, from its first line to its empty line

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The forwarder has one goroutine per app connection and waits with
@@ -44,6 +47,10 @@ type peeker struct {
 	fn    func(fd uintptr)
 	buf   [1]byte
 	state peekState
+	// readNow's: where it reads, what it got, and its function for Control.
+	dst   []byte
+	n     int
+	taker func(fd uintptr)
 }
 
 func (p *peeker) init(c net.Conn) {
@@ -54,6 +61,35 @@ func (p *peeker) init(c net.Conn) {
 		}
 	}
 	p.fn = p.recv
+	p.taker = p.take
+}
+
+func (p *peeker) take(fd uintptr) {
+	n, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p.dst[0])), uintptr(len(p.dst)),
+		syscall.MSG_DONTWAIT, 0, 0)
+	switch {
+	case errno == syscall.EAGAIN:
+		p.state = peekEmpty
+	case errno == 0 && n > 0:
+		p.n, p.state = int(n), peekBytes
+	default:
+		p.state = peekGone
+	}
+}
+
+// readNow reads into b what is waiting, without waiting: n bytes, and
+// peekBytes, or peekEmpty when nothing is, or peekGone at EOF or an error.
+func (p *peeker) readNow(b []byte) (int, peekState) {
+	if p.rc == nil || len(b) == 0 {
+		return 0, peekEmpty
+	}
+	p.dst, p.n, p.state = b, 0, peekGone
+	err := p.rc.Control(p.taker)
+	p.dst = nil
+	if err != nil {
+		return 0, peekGone
+	}
+	return p.n, p.state
 }
 
 func (p *peeker) recv(fd uintptr) {
@@ -87,6 +123,30 @@ func peek(c net.Conn) peekState {
 	var p peeker
 	p.init(c)
 	return p.peek()
+}
+
+// appGone reports whether the app closed its connection or half-closed
+// it (a FIN, even behind bytes it sent before, such as a pipelined
+// request), or reset it. Allocating: for waits that passed a slice.
+func appGone(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := true
+	cerr := rc.Control(func(fd uintptr) {
+		fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+		if n, err := unix.Poll(fds[:], 0); err == nil {
+			gone = n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+		} else {
+			gone = false // EINTR: looked at again after the next slice
+		}
+	})
+	return gone || cerr != nil
 }
 
 // alive reports whether an idle pooled connection can carry a request: it
@@ -129,8 +189,10 @@ func (w *readSlices) again(err error) error {
 		return err
 	}
 	// Bytes waiting from the app are its next request, or the rest of a
-	// body the instance did not want: it is still there.
-	if w.app != nil && peek(w.app) == peekGone {
+	// body the instance did not want; but a FIN behind them means it left
+	// (or half-closed, which is taken as leaving, as nginx and net/http's
+	// path do: a departed client never pins an instance).
+	if w.app != nil && appGone(w.app) {
 		return errAppGone
 	}
 	w.c.SetReadDeadline(sliceEnd(now, w.every, w.until))
@@ -143,7 +205,8 @@ func (w *readSlices) again(err error) error {
 // than the sockets hold, would otherwise wait on us while we wait on it.
 type upWriter struct {
 	c     net.Conn
-	pk    *peeker // of c
+	pk    *peeker     // of c
+	rd    *connReader // c's reader, which gets what came early
 	every time.Duration
 	until time.Time
 	bufs  *sync.Pool // of *[]byte, for ReadFrom
@@ -171,11 +234,60 @@ func (w *upWriter) again(err error) error {
 	if !w.until.IsZero() && !now.Before(w.until) {
 		return err
 	}
-	if w.pk.peek() != peekEmpty {
+	if w.pk.peek() != peekEmpty && w.answered() {
 		return errEarlyAnswer
 	}
 	w.c.SetWriteDeadline(sliceEnd(now, w.every, w.until))
 	return nil
+}
+
+// answered reads, without waiting, what the instance sent into its reader
+// (where the answer is read from later) and reports whether it answered
+// instead of reading: a final head, an EOF or a reset. Interim heads
+// (103 Early Hints, 102 Processing) alone are not: it may read the body
+// after them. What it sent is held up to the answer head limit.
+func (w *upWriter) answered() bool {
+	rd := w.rd
+	if rd == nil {
+		return true
+	}
+	for {
+		if !rd.makeRoom() {
+			return true // more than a head may be: readHead refuses it
+		}
+		n, st := w.pk.readNow(rd.buf[rd.w:])
+		rd.w += n
+		switch st {
+		case peekGone:
+			return true
+		case peekEmpty:
+			return finalHeadIn(rd.buffered())
+		}
+	}
+}
+
+// finalHeadIn reports whether b, the start of an answer, holds more than
+// whole or partial interim heads: the start of a final head (101
+// included, which the caller refuses), or bytes that are no head at all,
+// which readHead and parseResponseHead then judge.
+func finalHeadIn(b []byte) bool {
+	const interim = "HTTP/1.x 1"
+	for len(b) > 0 {
+		for i := 0; i < len(interim) && i < len(b); i++ {
+			if b[i] != interim[i] && !(i == 7 && b[i] >= '0' && b[i] <= '9') {
+				return true
+			}
+		}
+		if len(b) >= 12 && string(b[9:12]) == "101" {
+			return true
+		}
+		end := bytes.Index(b, []byte("\r\n\r\n"))
+		if end < 0 {
+			return false // an interim head, not whole yet
+		}
+		b = b[end+4:]
+	}
+	return false
 }
 
 // ReadFrom copies a large request body through a buffer rather than by

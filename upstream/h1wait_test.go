@@ -258,15 +258,15 @@ func TestH1AppBodyPastTheRequestTimeoutIs504(t *testing.T) {
 	}
 }
 
-// TestH1AnswerHeadsUpTo1MiBPass: answer heads larger than request heads
-// may be (net/http allows 10 MB); past 1 MiB they are a 502.
-func TestH1AnswerHeadsUpTo1MiBPass(t *testing.T) {
+// TestH1AnswerHeadsUpTo256KiBPass: answer heads larger than request heads
+// may be (net/http allows 10 MB); past 256 KiB they are a 502.
+func TestH1AnswerHeadsUpTo256KiBPass(t *testing.T) {
 	for _, tc := range []struct {
 		size int
 		want int
 	}{
 		{200 << 10, 200},
-		{(1 << 20) + 1, 502},
+		{maxRespHeadSize + 1, 502},
 	} {
 		addr, _ := rawInstance(t, func(c *net.TCPConn, br *bufio.Reader) {
 			if _, _, err := readRequest(br); err != nil {
@@ -284,6 +284,41 @@ func TestH1AnswerHeadsUpTo1MiBPass(t *testing.T) {
 		app.send("GET / HTTP/1.1\r\nHost: web.local\r\n\r\n")
 		if resp, _ := app.read("GET"); resp.StatusCode != tc.want {
 			t.Errorf("answer head of %d bytes: %d, want %d", tc.size, resp.StatusCode, tc.want)
+		}
+	}
+}
+
+// TestH1AppThatPipelinedThenLeftIsSeen: an app that pipelined its next
+// request and then closed its connection, while the instance stalls, is
+// seen as gone (its FIN is behind the pipelined bytes): the instance
+// connection closes as for an app that leaves without pipelining.
+func TestH1AppThatPipelinedThenLeftIsSeen(t *testing.T) {
+	for _, leave := range []string{"close", "half-close"} {
+		sawEOF := make(chan time.Duration, 1)
+		addr, _ := rawInstance(t, func(c *net.TCPConn, br *bufio.Reader) {
+			if _, _, err := readRequest(br); err != nil {
+				return
+			}
+			start := time.Now()
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := br.ReadByte(); err == io.EOF {
+				sawEOF <- time.Since(start)
+			} else {
+				sawEOF <- -1
+			}
+		})
+		_, _, front := webMesh(t, func(c *Config) { c.appCheck = 50 * time.Millisecond }, instance(t, "web", "a", addr))
+		app := dialApp(t, front)
+		app.send("GET /1 HTTP/1.1\r\nHost: web.local\r\n\r\n")
+		time.Sleep(100 * time.Millisecond)
+		app.send("GET /2 HTTP/1.1\r\nHost: web.local\r\n\r\n") // waits in the socket
+		if leave == "close" {
+			app.c.Close()
+		} else {
+			app.c.(*net.TCPConn).CloseWrite()
+		}
+		if d := <-sawEOF; d < 0 || d > time.Second {
+			t.Errorf("%s: instance connection still open %v after the (pipelining) app left", leave, d)
 		}
 	}
 }

@@ -70,7 +70,8 @@ func (s *h1conn) buildOut() {
 // writeRespHead writes an answer head to the app: its status line with
 // our HTTP version, its fields but the hop-by-hop ones, and (final heads,
 // final == 1) the framing, the sticky cookie and Connection: close.
-func (s *h1conn) writeRespHead(rh *head, cookie *string, final int, closeApp bool) {
+// chunk: the body, delimited by the instance's close, is sent in chunks.
+func (s *h1conn) writeRespHead(rh *head, cookie *string, final int, chunk, closeApp bool) {
 	w := s.bw
 	w.WriteString("HTTP/1.1")
 	w.Write(rh.target)
@@ -94,7 +95,7 @@ func (s *h1conn) writeRespHead(rh *head, cookie *string, final int, closeApp boo
 		w.WriteString("Content-Length: ")
 		w.Write(strconv.AppendInt(s.num[:0], rh.contentLength, 10))
 		w.WriteString("\r\n")
-	} else if rh.chunked {
+	} else if rh.chunked || chunk {
 		w.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	if cookie != nil && *cookie != "" {
@@ -141,18 +142,24 @@ func (s *h1conn) answer(status int, code, msg string, closeApp bool) bool {
 }
 
 // closeWrite ends the answers on the app's connection before it closes.
-// When the app may still be sending a request body, what it sends is read
-// and dropped for a moment: closing a socket with unread bytes resets it,
-// and the reset destroys what of the answer the app has not received yet.
-// The moment ends once the app has received all of it, or lingerTime.
+// What the app sends meanwhile (the rest of a request body, requests it
+// pipelined) is read and dropped for a moment: closing a socket with
+// unread bytes resets it, and the reset destroys what of the answer the
+// app has not received yet. The moment ends once the app has received all
+// of it (at once when it has), or lingerTime.
 func (s *h1conn) closeWrite() {
 	cw, ok := s.c.(closeWriter)
-	if !ok || cw.CloseWrite() != nil || s.body.done() {
+	if !ok || cw.CloseWrite() != nil {
 		return
 	}
 	s.c.SetReadDeadline(time.Now().Add(lingerTime))
 	buf := s.rd.buf // the connection ends: what it holds is no longer needed
-	for unacked(s.c) != 0 {
+	for {
+		// Not a socket (-1: cannot be told): drained, as before, only
+		// while a request body may still come.
+		if n := unacked(s.c); n == 0 || (n < 0 && s.body.done()) {
+			return
+		}
 		if _, err := s.c.Read(buf); err != nil {
 			return
 		}

@@ -21,6 +21,9 @@ const (
 	ErrCodeUnreachable = "instance-unreachable"
 	ErrCodeFailed      = "instance-failed"
 	ErrCodeTimeout     = "timeout"
+	// ErrCodeAppClosed: the app half-closed its connection (FIN) while
+	// its answer was awaited; the request to the instance was abandoned.
+	ErrCodeAppClosed = "app-closed"
 )
 
 // connTarget is what a connection handed to the HTTP server is for.
