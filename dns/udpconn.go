@@ -85,8 +85,13 @@ func (c *sharedUDPConn) exchange(w *waiter, timeout time.Duration, stop <-chan s
 			}
 			return nil, fmt.Errorf("sending: %w", err)
 		}
-		res := <-w.done // the reader failed us while we were sending
-		return nil, res.err
+		// The reader finished with w while we were sending: it failed
+		// us, or a matching reply (a late duplicate) came first.
+		res := <-w.done
+		if res.err != nil {
+			return nil, res.err
+		}
+		return w.buf[:res.n], nil
 	}
 	w.timer.Reset(timeout)
 	var why error

@@ -80,6 +80,10 @@ func TestFinalHeadIn(t *testing.T) {
 		{"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 500", true},
 		{"garbage", true},
 		{"HTTP/2.0 100", true},
+		// Heads ended by bare line feeds, which readHead accepts from instances.
+		{"HTTP/1.1 103 X\n\nHTTP/1.1 413 X\n\n", true},
+		{"HTTP/1.1 103 X\nLink: <a>\r\n\nHTTP/1.1 200", true},
+		{"HTTP/1.1 103 X\n\n", false},
 	} {
 		if got := finalHeadIn([]byte(tc.in)); got != tc.final {
 			t.Errorf("finalHeadIn(%q) = %v, want %v", tc.in, got, tc.final)

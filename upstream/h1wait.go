@@ -281,13 +281,31 @@ func finalHeadIn(b []byte) bool {
 		if len(b) >= 12 && string(b[9:12]) == "101" {
 			return true
 		}
-		end := bytes.Index(b, []byte("\r\n\r\n"))
+		end := headEnd(b)
 		if end < 0 {
 			return false // an interim head, not whole yet
 		}
-		b = b[end+4:]
+		b = b[end:]
 	}
 	return false
+}
+
+// headEnd returns the length of the head at the start of b, up to and
+// including its empty line, found as readHead finds it (a line of "\n" or
+// "\r\n"); -1 when b holds no whole head yet.
+func headEnd(b []byte) int {
+	start := 0
+	for {
+		i := bytes.IndexByte(b[start:], '\n')
+		if i < 0 {
+			return -1
+		}
+		end := start + i + 1
+		if line := b[start:end]; len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
+			return end
+		}
+		start = end
+	}
 }
 
 // ReadFrom copies a large request body through a buffer rather than by
