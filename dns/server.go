@@ -83,6 +83,10 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// udpReadBuffer is the receive buffer asked for the DNS socket: about
+// 4,000 small queries in the kernel's accounting.
+const udpReadBuffer = 4 << 20
+
 // Start binds UDP and TCP on cfg.Listen and returns once both serve.
 // When cfg.Listen has port 0, TCP takes the port UDP got if it is free.
 func (s *Server) Start() error {
@@ -105,6 +109,12 @@ func (s *Server) Start() error {
 		_ = pc.Close()
 		_ = ln.Close()
 		return err
+	}
+	// A burst of queries (a resolver asking A and AAAA for every name of a
+	// page at once) must wait in the socket while the loop catches up, not
+	// be dropped: the kernel's default buffer holds about 90.
+	if err := setReadBuffer(pc.(*net.UDPConn), udpReadBuffer); err != nil {
+		s.log.Warn("cannot enlarge the dns socket's receive buffer; bursts of queries may be dropped", "error", err)
 	}
 	// Bound already, so it serves from here on.
 	udp := newUDPServer(s, pc.(*net.UDPConn))

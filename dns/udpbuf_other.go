@@ -1,0 +1,7 @@
+//go:build !linux
+
+package dns
+
+import "net"
+
+func setReadBuffer(c *net.UDPConn, n int) error { return c.SetReadBuffer(n) }
