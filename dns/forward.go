@@ -61,6 +61,11 @@ func (s *Server) forward(w mdns.ResponseWriter, r *mdns.Msg) {
 		}
 		return
 	}
+	s.allFailed(w, r, errs)
+}
+
+// allFailed answers SERVFAIL when no upstream gave a reply.
+func (s *Server) allFailed(w mdns.ResponseWriter, r *mdns.Msg, errs []error) {
 	s.log.Debug("all upstreams failed, answering SERVFAIL",
 		"name", r.Question[0].Name, "error", errors.Join(errs...))
 	s.write(w, newReply(r, mdns.RcodeServerFailure))
@@ -79,7 +84,7 @@ func (s *Server) forwardTCP(w mdns.ResponseWriter, r *mdns.Msg) {
 
 	var errs []error
 	for _, upstream := range s.cfg.Upstreams {
-		reply, err := s.exchange(s.ctx, "tcp", upstream, query, *bufp)
+		reply, err := s.exchangeTCP(s.ctx, upstream, query, *bufp)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -89,20 +94,18 @@ func (s *Server) forwardTCP(w mdns.ResponseWriter, r *mdns.Msg) {
 		}
 		return
 	}
-	s.log.Debug("all upstreams failed, answering SERVFAIL",
-		"name", r.Question[0].Name, "error", errors.Join(errs...))
-	s.write(w, newReply(r, mdns.RcodeServerFailure))
+	s.allFailed(w, r, errs)
 }
 
-// exchange sends query to one upstream over a TCP connection of its own
-// and returns its reply, read into buf. It gives up after
+// exchangeTCP sends query to one upstream over a TCP connection of its
+// own and returns its reply, read into buf. It gives up after
 // cfg.ForwardTimeout or when ctx ends.
-func (s *Server) exchange(ctx context.Context, network, upstream string, query, buf []byte) ([]byte, error) {
+func (s *Server) exchangeTCP(ctx context.Context, upstream string, query, buf []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ForwardTimeout)
 	defer cancel()
-	conn, err := s.cfg.Dialer.DialContext(ctx, network, upstream)
+	conn, err := s.cfg.Dialer.DialContext(ctx, "tcp", upstream)
 	if err != nil {
-		return nil, fmt.Errorf("dialing %s upstream %s: %w", network, upstream, err)
+		return nil, fmt.Errorf("dialing tcp upstream %s: %w", upstream, err)
 	}
 	defer conn.Close()
 	// One mechanism for both the per-try timeout and shutdown: whatever
@@ -110,18 +113,18 @@ func (s *Server) exchange(ctx context.Context, network, upstream string, query, 
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	reply, err := exchangeTCP(conn, query, buf, binary.BigEndian.Uint16(query))
+	reply, err := roundTripTCP(conn, query, buf, binary.BigEndian.Uint16(query))
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			err = fmt.Errorf("%w (%w)", ctxErr, err)
 		}
-		return nil, fmt.Errorf("asking %s upstream %s: %w", network, upstream, err)
+		return nil, fmt.Errorf("asking tcp upstream %s: %w", upstream, err)
 	}
 	return reply, nil
 }
 
-// exchangeTCP writes query with its length prefix and reads one reply.
-func exchangeTCP(conn net.Conn, query, buf []byte, id uint16) ([]byte, error) {
+// roundTripTCP writes query with its length prefix and reads one reply.
+func roundTripTCP(conn net.Conn, query, buf []byte, id uint16) ([]byte, error) {
 	if len(query) > maxMsgLen {
 		return nil, fmt.Errorf("query of %d bytes does not fit a TCP frame", len(query))
 	}

@@ -45,12 +45,10 @@ func sameQuestion(query, reply []byte) bool {
 		return false
 	}
 	nameEnd := qEnd - 4
-	for i := headerLen; i < nameEnd; i++ {
-		// Label lengths are at most 63, below every letter, so folding
-		// case byte by byte never changes a length.
-		if lowerByte(query[i]) != lowerByte(reply[i]) {
-			return false
-		}
+	// Label lengths are at most 63, below every letter, so folding case
+	// byte by byte never changes a length.
+	if !equalFold(query[headerLen:nameEnd], reply[headerLen:nameEnd]) {
+		return false
 	}
 	// Type and class are numbers: compared exactly.
 	return string(query[nameEnd:qEnd]) == string(reply[nameEnd:qEnd])

@@ -180,17 +180,7 @@ func (w *World) startConsul(ctx context.Context) error {
 // AddInstance starts one more instance in a host of its own and registers it
 // in Consul with an HTTP check every second.
 func (w *World) AddInstance(ctx context.Context, name string) (*Instance, error) {
-	h, err := w.Lab.AddHost(name)
-	if err != nil {
-		return nil, err
-	}
-	p, err := h.Start("webinstance", nil, w.Bins.WebInstance, "-listen", ":8080", "-name", name)
-	if err != nil {
-		return nil, err
-	}
-	inst := &Instance{Name: name, Host: h, Proc: p}
-	w.Instances = append(w.Instances, inst)
-	return inst, w.Register(inst)
+	return w.AddInstanceMeta(name, nil)
 }
 
 // Register (re-)registers an instance in Consul.
