@@ -68,9 +68,16 @@ func (p *pick) availableNow() func(int) bool {
 
 // pickFailed counts a failure of the pick's current instance.
 func (m *Mesh) pickFailed(p *pick, now time.Time) {
-	if d, ejected := p.set.failed(p.idx, now, p.policy); ejected {
-		m.log.Warn("ejecting instance after consecutive failures", "service", p.target.watch.name,
-			"instance", p.endpoint().Addr, "id", p.endpoint().ID, "for", d)
+	m.instanceFailed(p.target.watch.name, p.set, p.idx, now, p.policy)
+}
+
+// instanceFailed counts a failure of instance i of set for passive health
+// (HTTP requests and raw connections alike), and logs an ejection.
+func (m *Mesh) instanceFailed(service string, set *EndpointSet, i int, now time.Time, policy *Policy) {
+	if d, ejected := set.failed(i, now, policy); ejected {
+		e := set.At(i)
+		m.log.Warn("ejecting instance after consecutive failures", "service", service,
+			"instance", e.Addr, "id", e.ID, "for", d)
 	}
 }
 

@@ -58,9 +58,7 @@ func (m *Mesh) dialAny(ctx context.Context, w *serviceWatch, answered bool) (net
 		if ctx.Err() != nil {
 			break
 		}
-		if d, ejected := set.failed(i, time.Now(), p); ejected {
-			m.log.Warn("ejecting instance after consecutive failures", "service", w.name, "instance", e.Addr, "id", e.ID, "for", d)
-		}
+		m.instanceFailed(w.name, set, i, time.Now(), p)
 	}
 	return nil, Endpoint{}, nil, fmt.Errorf("dialling service %q: %w", w.name, errors.Join(errs...))
 }
