@@ -105,7 +105,7 @@ func (m *Mesh) retryPick(p *pick, method string, replayable bool, err error, att
 	}
 	nowNs := now.UnixNano()
 	w := p.target.watch
-	next, ok := w.selector(p.policy).Select(p.set, func(i int) bool {
+	next, ok := w.selector(p.policy).Retry(p.set, func(i int) bool {
 		return p.set.available(i, nowNs) && !slices.Contains(p.tried, i)
 	})
 	if !ok {

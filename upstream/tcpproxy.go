@@ -36,7 +36,16 @@ func (m *Mesh) dialAny(ctx context.Context, w *serviceWatch, answered bool) (net
 	for attempt := 0; attempt <= p.Retries; attempt++ {
 		now := time.Now()
 		nowNs := now.UnixNano()
-		i, ok := sel.Select(set, func(i int) bool { return set.available(i, nowNs) && !slices.Contains(tried, i) })
+		usable := func(i int) bool { return set.available(i, nowNs) && !slices.Contains(tried, i) }
+		var (
+			i  int
+			ok bool
+		)
+		if attempt == 0 {
+			i, ok = sel.Select(set, usable)
+		} else {
+			i, ok = sel.Retry(set, usable)
+		}
 		if !ok && attempt == 0 {
 			i, ok = sel.Select(set, nil) // never all are ejected; a race at most
 		}
