@@ -312,7 +312,7 @@ func (s *h1conn) forward() bool {
 			continue
 		}
 		if !timedOut && res.gotBytes {
-			m.pickFailed(p, time.Now())
+			m.pickFailed(p, time.Now(), err)
 		}
 		status, code, msg := m.failureAnswer(p, &instanceError{addr: p.endpoint().Addr, err: err}, timedOut)
 		return s.answer(status, code, msg, closeApp || !s.body.done())
@@ -369,7 +369,9 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 		var err error
 		if uc, err = m.upPools.dial(s.ctx, e.Addr, tryDeadline); err != nil {
 			if !tryDeadline.IsZero() && !time.Now().Before(tryDeadline) {
-				err = s.timeoutCause(os.ErrDeadlineExceeded, deadline) // the dial used up the time
+				// The dial used up the time; still a dial, that never
+				// reached the instance.
+				err = &dialError{addr: e.Addr, err: s.timeoutCause(os.ErrDeadlineExceeded, deadline)}
 			}
 			res.err = err
 			return res

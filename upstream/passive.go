@@ -15,6 +15,8 @@ type hostState struct {
 	failures     atomic.Int64 // consecutive
 	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
+	probing      atomic.Bool  // a probe keeps it out until it accepts a connection (unreachable.go)
+	gone         atomic.Bool  // forgotten by its registry: a probe of it stops
 }
 
 // available reports whether the instance is not ejected at now.
@@ -49,6 +51,14 @@ func (s *EndpointSet) failed(i int, now time.Time, p *Policy) (time.Duration, bo
 	if p.EjectAfter <= 0 || n < int64(p.EjectAfter) {
 		return 0, false
 	}
+	return s.eject(i, now, p)
+}
+
+// eject takes host i of set out now, for the policy's ejection time times
+// the ejections in a row, unless that would eject more than
+// p.EjectMaxShare of the set or leave none of it available.
+func (s *EndpointSet) eject(i int, now time.Time, p *Policy) (time.Duration, bool) {
+	h := s.hosts[i]
 	s.ejectMu.Lock()
 	defer s.ejectMu.Unlock()
 	nowNs := now.UnixNano()
@@ -118,6 +128,7 @@ func (r *hostRegistry) keep(keep map[string]bool) {
 	defer r.mu.Unlock()
 	for k := range r.hosts {
 		if !keep[k] {
+			r.hosts[k].gone.Store(true)
 			delete(r.hosts, k)
 		}
 	}

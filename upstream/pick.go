@@ -66,18 +66,29 @@ func (p *pick) availableNow() func(int) bool {
 	return p.avail
 }
 
-// pickFailed counts a failure of the pick's current instance.
-func (m *Mesh) pickFailed(p *pick, now time.Time) {
-	m.instanceFailed(p.target.watch.name, p.set, p.idx, now, p.policy)
+// pickFailed counts a failure (err) of the pick's current instance.
+func (m *Mesh) pickFailed(p *pick, now time.Time, err error) {
+	m.instanceFailed(p.target.watch, p.set, p.idx, now, p.policy, err)
 }
 
-// instanceFailed counts a failure of instance i of set for passive health
-// (HTTP requests and raw connections alike), and logs an ejection.
-func (m *Mesh) instanceFailed(service string, set *EndpointSet, i int, now time.Time, policy *Policy) {
+// instanceFailed counts a failure (err) of instance i of set for passive
+// health (HTTP requests and raw connections alike), and logs an ejection.
+// A connect timeout ejects at once (unreachable.go).
+func (m *Mesh) instanceFailed(w *serviceWatch, set *EndpointSet, i int, now time.Time, policy *Policy, err error) {
+	if connectTimedOut(err) {
+		if n, ok := w.logs.connect.allow(now); ok {
+			m.log.Warn("instance connect timed out", "service", w.name, "instance", set.At(i).Addr,
+				"err", oneLine(err.Error()), "suppressed", n)
+		}
+		m.unreachable(w.name, set, i, now, policy, &w.logs)
+		return
+	}
 	if d, ejected := set.failed(i, now, policy); ejected {
-		e := set.At(i)
-		m.log.Warn("ejecting instance after consecutive failures", "service", service,
-			"instance", e.Addr, "id", e.ID, "for", d)
+		if n, ok := w.logs.eject.allow(now); ok {
+			e := set.At(i)
+			m.log.Warn("ejecting instance after consecutive failures", "service", w.name,
+				"instance", e.Addr, "id", e.ID, "for", d, "suppressed", n)
+		}
 	}
 }
 
@@ -86,7 +97,7 @@ func (m *Mesh) instanceFailed(service string, set *EndpointSet, i int, now time.
 func (m *Mesh) pickAnswered(p *pick, status int) {
 	now := time.Now()
 	if status >= 500 && p.policy.Eject5xx {
-		m.pickFailed(p, now)
+		m.pickFailed(p, now, nil)
 	} else {
 		p.set.hosts[p.idx].succeeded(now.UnixNano(), p.policy)
 	}
@@ -99,7 +110,7 @@ func (m *Mesh) pickAnswered(p *pick, status int) {
 // whether the whole request body could be sent again.
 func (m *Mesh) retryPick(p *pick, method string, replayable bool, err error, attempt int) bool {
 	now := time.Now()
-	m.pickFailed(p, now)
+	m.pickFailed(p, now, err)
 	if attempt >= p.policy.Retries || !retryable(err, method) || !replayable {
 		return false
 	}
@@ -119,8 +130,10 @@ func (m *Mesh) retryPick(p *pick, method string, replayable bool, err error, att
 		}
 		return false
 	}
-	m.log.Debug("retrying on another instance", "service", w.name, "method", method,
-		"failed", p.endpoint().Addr, "next", p.set.At(next).Addr, "err", err)
+	if n, ok := w.logs.retry.allow(now); ok {
+		m.log.Info("retrying on another instance", "service", w.name, "method", method,
+			"instance", p.endpoint().Addr, "next", p.set.At(next).Addr, "reason", oneLine(err.Error()), "suppressed", n)
+	}
 	p.idx = next
 	p.tried = append(p.tried, next)
 	return true

@@ -58,6 +58,12 @@ func (m *Mesh) dialAny(ctx context.Context, w *serviceWatch, answered bool) (net
 		}
 		tried = append(tried, i)
 		e := set.At(i)
+		if attempt > 0 {
+			if n, ok := w.logs.retry.allow(now); ok {
+				m.log.Info("retrying a connection on another instance", "service", w.name,
+					"instance", set.At(tried[attempt-1]).Addr, "next", e.Addr, "reason", oneLine(errs[len(errs)-1].Error()), "suppressed", n)
+			}
+		}
 		c, err := m.cfg.Dialer.DialContext(ctx, "tcp", e.Addr)
 		if err == nil {
 			set.hosts[i].succeeded(time.Now().UnixNano(), p)
@@ -67,7 +73,7 @@ func (m *Mesh) dialAny(ctx context.Context, w *serviceWatch, answered bool) (net
 		if ctx.Err() != nil {
 			break
 		}
-		m.instanceFailed(w.name, set, i, time.Now(), p)
+		m.instanceFailed(w, set, i, time.Now(), p, &dialError{addr: e.Addr, err: err})
 	}
 	return nil, Endpoint{}, nil, fmt.Errorf("dialling service %q: %w", w.name, errors.Join(errs...))
 }
