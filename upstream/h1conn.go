@@ -367,7 +367,10 @@ func (s *h1conn) try(p *pick, deadline time.Time, fresh bool, method string) (re
 	}
 	if uc == nil {
 		var err error
-		if uc, err = m.upPools.dial(s.ctx, e.Addr, tryDeadline); err != nil {
+		h.connectBegins(now.UnixNano())
+		uc, err = m.upPools.dial(s.ctx, e.Addr, tryDeadline)
+		h.connectEnded()
+		if err != nil {
 			if !tryDeadline.IsZero() && !time.Now().Before(tryDeadline) {
 				// The dial used up the time; still a dial, that never
 				// reached the instance.

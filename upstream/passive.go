@@ -16,12 +16,18 @@ type hostState struct {
 	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
 	probing      atomic.Bool  // a probe keeps it out until it accepts a connection (unreachable.go)
+	connecting   atomic.Int64 // unix ns when a connect to it began that has not ended; 0: none
 	gone         atomic.Bool  // forgotten by its registry: a probe of it stops
 }
 
-// available reports whether the instance is not ejected at now.
+// available reports whether the instance is not ejected at now, and not
+// suspect: a connect to it pending for longer than slowConnect.
 func (h *hostState) available(now int64) bool {
-	return h.ejectedUntil.Load() <= now
+	if h.ejectedUntil.Load() > now {
+		return false
+	}
+	c := h.connecting.Load()
+	return c == 0 || now-c < int64(slowConnect)
 }
 
 // succeeded resets the failure streak. An instance that has served well

@@ -64,7 +64,9 @@ func (m *Mesh) dialAny(ctx context.Context, w *serviceWatch, answered bool) (net
 					"instance", set.At(tried[attempt-1]).Addr, "next", e.Addr, "reason", oneLine(errs[len(errs)-1].Error()), "suppressed", n)
 			}
 		}
+		set.hosts[i].connectBegins(nowNs)
 		c, err := m.cfg.Dialer.DialContext(ctx, "tcp", e.Addr)
+		set.hosts[i].connectEnded()
 		if err == nil {
 			set.hosts[i].succeeded(time.Now().UnixNano(), p)
 			return c, e, set.hosts[i], nil

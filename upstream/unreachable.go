@@ -15,9 +15,17 @@ import (
 // before its retry, until passive health had seen EjectAfter of them or
 // Consul's check lapsed (13–22 s in the compose scenario). So the first
 // connect timeout ejects the instance at once, and a probe, not the next
-// request, finds out when it accepts connections again.
+// request, finds out when it accepts connections again. Before that
+// first timeout, a connect pending for longer than slowConnect already
+// turns new requests away from the instance: only those that were sent to
+// it in that short time wait for the timeout.
 
 const (
+	// slowConnect is how long a connect may be pending before new requests
+	// avoid the instance. On a service network a connect takes well under
+	// a millisecond; even a loaded host makes one in a few. A false alarm
+	// costs nothing but a turn given to another instance.
+	slowConnect = 200 * time.Millisecond
 	// probeEvery is how often a probe dials an instance it keeps out.
 	probeEvery = time.Second
 	// probeFor bounds a probe: an instance still silent after it has
@@ -112,6 +120,12 @@ func (m *Mesh) probe(service string, e Endpoint, h *hostState, logs *serviceLogs
 		}
 	}()
 }
+
+// connectBegins marks a connect to h as pending, unless an older one is;
+// connectEnded clears the mark once a connect ends either way (a pending
+// older one still ejects the instance when it times out).
+func (h *hostState) connectBegins(now int64) { h.connecting.CompareAndSwap(0, now) }
+func (h *hostState) connectEnded()           { h.connecting.Store(0) }
 
 // runContext is Run's context while it runs, so that probes end with it;
 // before Run (tests that never call it), a background context.
