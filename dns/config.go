@@ -47,6 +47,8 @@ type Config struct {
 	TTL uint32
 	// Logger receives the server's logs; nil = slog.Default().
 	Logger *slog.Logger
+	// Metrics counts queries; nil counts nothing.
+	Metrics Metrics
 }
 
 // withDefaults returns a copy of cfg with defaults filled in and every field
@@ -107,6 +109,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
 	}
 	return cfg, nil
 }

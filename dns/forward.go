@@ -27,6 +27,7 @@ const maxMsgLen = 65535
 // UDP goes over long-lived sockets shared by all clients (see
 // sharedUDPConn); TCP opens one connection per query.
 func (s *Server) forward(w mdns.ResponseWriter, r *mdns.Msg) {
+	s.cfg.Metrics.Query(QueryForwarded)
 	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
 		s.forwardTCP(w, r)
 		return
@@ -66,6 +67,7 @@ func (s *Server) forward(w mdns.ResponseWriter, r *mdns.Msg) {
 
 // allFailed answers SERVFAIL when no upstream gave a reply.
 func (s *Server) allFailed(w mdns.ResponseWriter, r *mdns.Msg, errs []error) {
+	s.cfg.Metrics.ForwardFailed()
 	s.log.Debug("all upstreams failed, answering SERVFAIL",
 		"name", r.Question[0].Name, "error", errors.Join(errs...))
 	s.write(w, newReply(r, mdns.RcodeServerFailure))

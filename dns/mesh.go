@@ -98,11 +98,13 @@ func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, z
 	q := r.Question[0]
 	z := &s.zones[zone]
 	if q.Qclass != mdns.ClassINET {
+		s.cfg.Metrics.Query(QueryMesh)
 		s.write(w, newReply(r, mdns.RcodeRefused))
 		return
 	}
 	switch kind {
 	case meshApex:
+		s.cfg.Metrics.Query(QueryMesh)
 		m := newReply(r, mdns.RcodeSuccess)
 		m.msg.Authoritative = true
 		if q.Qtype == mdns.TypeSOA {
@@ -112,6 +114,7 @@ func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, z
 		s.write(w, m.withSOA(z))
 		return
 	case meshNoName:
+		s.cfg.Metrics.Query(QueryNXDomain)
 		m := newReply(r, mdns.RcodeNameError)
 		m.msg.Authoritative = true
 		s.write(w, m.withSOA(z))
@@ -127,15 +130,18 @@ func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, z
 			s.log.LogAttrs(s.ctx, slog.LevelDebug, "mesh lookup failed, answering SERVFAIL",
 				slog.String("service", service), slog.String("error", err.Error()))
 		}
+		s.cfg.Metrics.Query(QueryServFail)
 		s.write(w, newReply(r, mdns.RcodeServerFailure))
 		return
 	}
 	if !found {
+		s.cfg.Metrics.Query(QueryNXDomain)
 		m := newReply(r, mdns.RcodeNameError)
 		m.msg.Authoritative = true
 		s.write(w, m.withSOA(z))
 		return
 	}
+	s.cfg.Metrics.Query(QueryMesh)
 	m := newReply(r, mdns.RcodeSuccess)
 	m.msg.Authoritative = true
 	if !m.addAddress(q, vip.Unmap(), s.cfg.TTL) {

@@ -159,24 +159,29 @@ func (f *fastPath) answer(s *Server, w *udpWriter, b []byte) bool {
 				slog.String("service", service), slog.String("error", err.Error()))
 		}
 		out = q.header(out, b, false, mdns.RcodeServerFailure, 0, 0)
+		s.cfg.Metrics.Query(QueryServFail)
 	case !found:
 		out = q.header(out, b, true, mdns.RcodeNameError, 0, 1)
 		out = append(out, z.soa...)
+		s.cfg.Metrics.Query(QueryNXDomain)
 	case q.qtype == mdns.TypeA && vip.Is4():
 		out = q.header(out, b, true, mdns.RcodeSuccess, 1, 0)
 		out = q.record(out, b, mdns.TypeA, s.cfg.TTL)
 		a := vip.As4()
 		out = append(out, 0, 4)
 		out = append(out, a[:]...)
+		s.cfg.Metrics.Query(QueryMesh)
 	case q.qtype == mdns.TypeAAAA && vip.Is6():
 		out = q.header(out, b, true, mdns.RcodeSuccess, 1, 0)
 		out = q.record(out, b, mdns.TypeAAAA, s.cfg.TTL)
 		a := vip.As16()
 		out = append(out, 0, 16)
 		out = append(out, a[:]...)
+		s.cfg.Metrics.Query(QueryMesh)
 	default:
 		out = q.header(out, b, true, mdns.RcodeSuccess, 0, 1)
 		out = append(out, z.soa...)
+		s.cfg.Metrics.Query(QueryMesh)
 	}
 	if q.edns {
 		var do byte

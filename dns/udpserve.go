@@ -132,6 +132,7 @@ func (u *udpServer) handle(w *udpWriter, b []byte) {
 			u.s.log.LogAttrs(u.s.ctx, slog.LevelDebug, "too many queries forwarding, answering SERVFAIL",
 				slog.String("name", req.Question[0].Name), slog.Int("inflight", cap(u.sem)))
 		}
+		u.s.cfg.Metrics.Query(QueryServFail)
 		u.s.write(w, newReply(req, mdns.RcodeServerFailure))
 		return
 	}
