@@ -13,8 +13,8 @@ import (
 	"github.com/meshlet/meshlet/agent/registration"
 )
 
-// startAdmin binds the admin listener and serves /healthz, /readyz and
-// /v1/state on it.
+// startAdmin binds the admin listener and serves /healthz, /readyz,
+// /v1/state and /metrics on it.
 func (a *Agent) startAdmin() (*http.Server, error) {
 	ln, err := net.Listen("tcp", a.cfg.AdminListen.String())
 	if err != nil {
@@ -26,6 +26,7 @@ func (a *Agent) startAdmin() (*http.Server, error) {
 	})
 	mux.HandleFunc("GET /readyz", a.handleReadyz)
 	mux.HandleFunc("GET /v1/state", a.handleState)
+	mux.Handle("GET /metrics", a.metricsHandler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return srv, nil

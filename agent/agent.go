@@ -19,6 +19,7 @@ import (
 	"github.com/meshlet/meshlet/agent/registration"
 	"github.com/meshlet/meshlet/dns"
 	"github.com/meshlet/meshlet/intercept"
+	"github.com/meshlet/meshlet/metrics"
 	"github.com/meshlet/meshlet/upstream"
 	"github.com/meshlet/meshlet/vip"
 )
@@ -34,6 +35,8 @@ type Agent struct {
 	outbound  net.Listener
 	rules     *intercept.Manager      // nil without --intercept
 	registrar *registration.Registrar // nil for a pure client sidecar
+	metrics   *metrics.Metrics
+	started   time.Time
 
 	listening atomic.Bool // DNS and outbound listeners bound
 	rulesUp   atomic.Bool // rules installed (or not wanted)
@@ -50,7 +53,7 @@ type Agent struct {
 // signal) skips what is left of both waits. Start-up errors name the
 // setting at fault, and leave no rule behind.
 func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
-	a := &Agent{cfg: cfg, log: log}
+	a := &Agent{cfg: cfg, log: log, started: time.Now()}
 	if a.vips, err = vip.NewTable(cfg.VIPCIDR); err != nil {
 		return fmt.Errorf("--vip-cidr: %w", err)
 	}
@@ -110,6 +113,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		}
 	}
 
+	a.setupMetrics()
 	// The admin server comes first, so /readyz can tell why the rest is not
 	// up yet.
 	admin, err := a.startAdmin()
@@ -134,6 +138,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		Upstreams: resolvers,
 		Dialer:    dialer,
 		Logger:    log.With("part", "dns"),
+		Metrics:   dnsMetrics{a.metrics.DNS()},
 	})
 	if err != nil {
 		return fmt.Errorf("--dns-listen: %w", err)

@@ -5,8 +5,9 @@
 // atomic adds and allocates nothing.
 //
 // Label rules (DESIGN.md, "Metrics"): a service label only ever holds a
-// Consul service name, an instance label a Consul service ID; no label
-// ever holds a Host, a path or a client address. Per instance there are
+// Consul service name, an instance_id label a Consul service ID (not
+// "instance", which Prometheus sets to the scraped target); no label ever
+// holds a Host, a path or a client address. Per instance there are
 // only counters; latency is a per-service histogram of at most 12 buckets.
 //
 // Every handle method is safe on a nil handle and does nothing, so code
@@ -87,9 +88,9 @@ func New() *Metrics {
 	m.tcpOpened = counter("tcp_connections_opened_total", "Raw TCP connections proxied to a service, opened.", "service")
 	m.tcpClosed = counter("tcp_connections_closed_total", "Raw TCP connections proxied to a service, closed.", "service")
 	m.tcpBytes = counter("tcp_bytes_total", "Bytes of raw TCP connections: direction sent (app to instance) or received (instance to app).", "service", "direction")
-	m.instRequests = counter("instance_requests_total", "Attempts sent to an instance (HTTP requests and retries, raw TCP connections).", "service", "instance")
-	m.instFailures = counter("instance_failures_total", "Attempts that failed at an instance (connect failures, resets, timeouts; 5xx when the service ejects on them).", "service", "instance")
-	m.instEjections = counter("instance_ejections_total", "Times an instance was ejected by passive health.", "service", "instance")
+	m.instRequests = counter("instance_requests_total", "Attempts sent to an instance (HTTP requests and retries, raw TCP connections).", "service", "instance_id")
+	m.instFailures = counter("instance_failures_total", "Attempts that failed at an instance (connect failures, resets, timeouts; 5xx when the service ejects on them).", "service", "instance_id")
+	m.instEjections = counter("instance_ejections_total", "Times an instance was ejected by passive health.", "service", "instance_id")
 
 	m.dnsQueries = counter("dns_queries_total",
 		"DNS queries the app asked, by kind: mesh (answered from the mesh), nxdomain (unknown mesh name), forwarded (to the app's nameservers), servfail (meshlet could not answer).", "kind")
@@ -120,7 +121,7 @@ func (m *Metrics) Service(name string) *Service {
 	if s, ok := m.services[name]; ok {
 		return s
 	}
-	s := &Service{m: m, name: name}
+	s := &Service{m: m, name: name, instances: map[string]*Instance{}}
 	for i, c := range classes {
 		s.byClass[i] = m.requests.WithLabelValues(name, c)
 	}
@@ -142,6 +143,9 @@ func (m *Metrics) Service(name string) *Service {
 type Service struct {
 	m    *Metrics
 	name string
+
+	mu        sync.Mutex
+	instances map[string]*Instance
 
 	byClass        [len(classes)]prometheus.Counter
 	latency        prometheus.Observer
@@ -234,11 +238,18 @@ func (s *Service) Instance(id string) *Instance {
 	if s == nil {
 		return nil
 	}
-	return &Instance{
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i, ok := s.instances[id]; ok {
+		return i
+	}
+	i := &Instance{
 		requests:  s.m.instRequests.WithLabelValues(s.name, id),
 		failures:  s.m.instFailures.WithLabelValues(s.name, id),
 		ejections: s.m.instEjections.WithLabelValues(s.name, id),
 	}
+	s.instances[id] = i
+	return i
 }
 
 // ForgetInstance drops the series of an instance that left Consul, so
@@ -247,6 +258,9 @@ func (s *Service) ForgetInstance(id string) {
 	if s == nil {
 		return
 	}
+	s.mu.Lock()
+	delete(s.instances, id)
+	s.mu.Unlock()
 	s.m.instRequests.DeleteLabelValues(s.name, id)
 	s.m.instFailures.DeleteLabelValues(s.name, id)
 	s.m.instEjections.DeleteLabelValues(s.name, id)

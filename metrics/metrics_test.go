@@ -65,7 +65,7 @@ func TestForgetInstanceDropsItsSeries(t *testing.T) {
 	want := `
 # HELP meshlet_instance_requests_total Attempts sent to an instance (HTTP requests and retries, raw TCP connections).
 # TYPE meshlet_instance_requests_total counter
-meshlet_instance_requests_total{instance="web-2",service="web"} 1
+meshlet_instance_requests_total{instance_id="web-2",service="web"} 1
 `
 	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(want), "meshlet_instance_requests_total"); err != nil {
 		t.Error(err)
@@ -196,7 +196,7 @@ func TestNamesFollowConventions(t *testing.T) {
 		for _, met := range mf.GetMetric() {
 			for _, l := range met.GetLabel() {
 				switch l.GetName() {
-				case "service", "instance", "class", "kind", "direction", "status":
+				case "service", "instance_id", "class", "kind", "direction", "status":
 				default:
 					t.Errorf("%s has label %q, outside the allowed set", name, l.GetName())
 				}
@@ -266,4 +266,32 @@ func BenchmarkRequest(b *testing.B) {
 			s.Request(200, 1500*time.Microsecond)
 		}
 	})
+}
+
+func TestCounts(t *testing.T) {
+	m := New()
+	s := m.Service("web")
+	s.Request(200, time.Millisecond)
+	s.Request(200, time.Millisecond)
+	s.Request(503, time.Millisecond)
+	s.Retry()
+	s.StickyPinned(true)
+	s.Instance("b").Attempt()
+	s.Instance("a").Failed()
+	s.Instance("a").Ejected()
+	c := s.Counts()
+	if c.Requests != 3 || c.ByClass["2xx"] != 2 || c.ByClass["5xx"] != 1 || c.Retries != 1 || c.StickyRepins != 1 {
+		t.Errorf("counts %+v", c)
+	}
+	ic := s.InstanceCounts()
+	if len(ic) != 2 || ic[0] != (InstanceCounts{ID: "a", Failures: 1, Ejections: 1}) || ic[1] != (InstanceCounts{ID: "b", Requests: 1}) {
+		t.Errorf("instance counts %+v", ic)
+	}
+	s.ForgetInstance("a")
+	if ic := s.InstanceCounts(); len(ic) != 1 || ic[0].ID != "b" {
+		t.Errorf("after forgetting a: %+v", ic)
+	}
+	if m.Lookup("web") != s || m.Lookup("db") != nil {
+		t.Error("Lookup")
+	}
 }

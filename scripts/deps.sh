@@ -2,7 +2,8 @@
 # Installs what meshlet's tests, demo and benchmarks need on a fresh Debian
 # machine (as root): iptables, iproute2, curl and setpriv, the load tools and
 # proxies the benchmark harness compares with (wrk, nginx, haproxy, dnsperf,
-# unbound, taskset) from Debian's packages, and a Consul binary built by
+# unbound, taskset) and the Prometheus server that scrapes meshlet in the
+# metrics test, from Debian's packages, and a Consul binary built by
 # scripts/consul.sh. Safe to run again; apt-get runs only when something is
 # missing, and the packages' services are never started (the benchmarks run
 # their own copies inside lab namespaces).
@@ -21,6 +22,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v dnsperf >/dev/null || need+=(dnsperf)
 command -v unbound >/dev/null || need+=(unbound)
+command -v prometheus >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
 	echo "deps.sh: installing ${need[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive

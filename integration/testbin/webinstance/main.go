@@ -59,6 +59,19 @@ func main() {
 		h.Set("Content-Type", "text/plain")
 		w.Write(body)
 	})
+	// GET /status/CODE answers with that status, for tests that count
+	// answers by status class.
+	mux.HandleFunc("GET /status/{code}", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.PathValue("code"))
+		if err != nil || code < 200 || code > 599 {
+			http.Error(w, "want /status/200..599", http.StatusBadRequest)
+			return
+		}
+		count.Add(1)
+		w.Header().Set("X-Instance", *name)
+		w.WriteHeader(code)
+		io.WriteString(w, *name+"\n")
+	})
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		if !healthy.Load() {
 			http.Error(w, "unhealthy", http.StatusServiceUnavailable)
