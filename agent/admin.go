@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/agent/registration"
+	"github.com/meshlet/meshlet/metrics"
 )
 
 // startAdmin binds the admin listener and serves /healthz, /readyz,
@@ -75,6 +76,10 @@ type stateService struct {
 	Endpoints []string `json:"endpoints"`
 	// Policy is how the service is routed (from its meta and --policy).
 	Policy string `json:"policy,omitempty"`
+	// Instances are what the sidecar knows of each instance (statedetail.go).
+	Instances []stateInstance `json:"instances,omitempty"`
+	// Counters are the service's counters since meshlet started.
+	Counters *metrics.ServiceCounts `json:"counters,omitempty"`
 }
 
 type state struct {
@@ -84,6 +89,8 @@ type state struct {
 	Services []stateService `json:"services"`
 	// Registrations are the app's own services, as meshlet registers them.
 	Registrations []registration.State `json:"registrations"`
+	// Consul is how fresh meshlet's view of Consul is.
+	Consul *stateConsul `json:"consul,omitempty"`
 }
 
 func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
@@ -100,9 +107,11 @@ func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
 		if p, ok := a.mesh.PolicyOf(name); ok {
 			s.Policy = p.String()
 		}
+		a.addServiceDetail(&s)
 		st.Services = append(st.Services, s)
 	}
 	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].Name < st.Services[j].Name })
+	st.Consul = a.stateConsul()
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -24,6 +24,8 @@ Usage:
                                            (a compose healthcheck for images without curl)
   meshlet wait [--admin-listen A] [--timeout D]
                                            block until the sidecar is ready (for an app's entrypoint)
+  meshlet status [--admin-listen A] [--watch]
+                                           services, instances, health and counters as a table
   meshlet intercept install|remove|show [flags]
                                            manage the iptables rules alone (e.g. from an init container);
                                            takes the same flags as run
@@ -83,6 +85,8 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		return healthCommand(args[1:], getenv, stdout, stderr)
 	case "wait":
 		return waitCommand(args[1:], getenv, stdout, stderr)
+	case "status":
+		return statusCommand(args[1:], getenv, stdout, stderr)
 	case "intercept":
 		return interceptCommand(args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-v":
