@@ -137,7 +137,9 @@ const statusWidth = 80
 // renderStatus writes st as an operator reads it in a terminal, in at
 // most statusWidth columns.
 func renderStatus(w io.Writer, admin string, st *state, now time.Time) {
-	p := func(format string, args ...any) { io.WriteString(w, clip(fmt.Sprintf(format, args...), statusWidth)+"\n") }
+	p := func(format string, args ...any) {
+		io.WriteString(w, clip(fmt.Sprintf(format, args...), statusWidth)+"\n")
+	}
 	ready := "ready"
 	if !st.Ready {
 		ready = "NOT READY"
