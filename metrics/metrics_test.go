@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -293,5 +294,48 @@ func TestCounts(t *testing.T) {
 	}
 	if m.Lookup("web") != s || m.Lookup("db") != nil {
 		t.Error("Lookup")
+	}
+}
+
+// TestSeriesFor10Services counts the series a sidecar serves for 10
+// services of 10 instances each (a histogram counts one series per bucket,
+// plus _sum and _count), and keeps it within budget.
+func TestSeriesFor10Services(t *testing.T) {
+	m := New()
+	var states []ServiceState
+	for s := range 10 {
+		name := fmt.Sprintf("svc-%d", s)
+		svc := m.Service(name)
+		for i := range 10 {
+			svc.Instance(fmt.Sprintf("%s-%d", name, i)).Attempt()
+		}
+		states = append(states, ServiceState{Service: name, Passing: 10})
+	}
+	m.WatchServices(func() []ServiceState { return states })
+	m.WatchConsul(func() ConsulState { return ConsulState{} })
+	m.WatchRegistrations(func() []Registration { return []Registration{{Service: "app", Status: "passing", Registered: true}} })
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshlet, other := 0, 0
+	for _, mf := range mfs {
+		n := 0
+		for _, met := range mf.GetMetric() {
+			if h := met.GetHistogram(); h != nil {
+				n += len(h.GetBucket()) + 1 + 2 // buckets, +Inf, _sum, _count
+			} else {
+				n++
+			}
+		}
+		if strings.HasPrefix(mf.GetName(), "meshlet_") {
+			meshlet += n
+		} else {
+			other += n
+		}
+	}
+	t.Logf("10 services × 10 instances: %d meshlet series, %d go_/process_ series, %d in all", meshlet, other, meshlet+other)
+	if meshlet > 700 {
+		t.Errorf("%d meshlet series, over the budget of 700", meshlet)
 	}
 }
