@@ -12,6 +12,7 @@ import (
 // ejection). Selectors ask it one question: available.
 type hostState struct {
 	active       atomic.Int64
+	latency      atomic.Int64 // moving average of the time to an answer head, ns; 0: none yet
 	failures     atomic.Int64 // consecutive
 	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
@@ -42,6 +43,18 @@ func (h *hostState) succeeded(now int64, p *Policy) {
 			h.ejections.Store(0)
 		}
 	}
+}
+
+// answeredIn folds the time an answer head took into the instance's
+// moving average (weight 1/8; racing updates may lose a sample, which an
+// average can afford).
+func (h *hostState) answeredIn(d int64) {
+	old := h.latency.Load()
+	if old == 0 {
+		h.latency.Store(max(d, 1))
+		return
+	}
+	h.latency.Store(max(old+(d-old)/8, 1))
 }
 
 // maxEjectionFactor caps the multiplication of the ejection time.
