@@ -157,6 +157,15 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal", "meshlet: request without a service")
 		return
 	}
+	if name, ok := framingVariant(r.Header); ok {
+		// As the forwarder refuses it (parseFields): net/http takes such a
+		// name for an ordinary header, and ReverseProxy would pass it on.
+		m.log.Debug("refusing a request with a framing header variant", "service", t.watch.name, "from", r.RemoteAddr, "header", name)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusBadRequest, ErrCodeBadRequest,
+			oneLine(fmt.Sprintf("meshlet: bad request: header %q could be read as Content-Length or Transfer-Encoding by an instance", clip([]byte(name)))))
+		return
+	}
 	p := &pick{client: r.Context()}
 	code, msg, ok := m.choose(r.Context(), t, p, func(name string, found func(stickyID) bool) {
 		stickyCookies(r.Header, name, found)
@@ -172,6 +181,19 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	m.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// framingVariant returns the first header name of h that an instance
+// could read as a framing header although it is not one (see
+// framingLike). net/http's server keeps the real Content-Length under its
+// canonical name and takes Transfer-Encoding out of the header.
+func framingVariant(h http.Header) (string, bool) {
+	for name := range h {
+		if name != "Content-Length" && name != "Transfer-Encoding" && framingLike(name) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // route returns the set a request or connection for the service goes to
