@@ -104,7 +104,7 @@ func markDialErrors(d *net.Dialer) func(ctx context.Context, network, addr strin
 // newReverseProxy builds the proxy used for every HTTP request.
 func (m *Mesh) newReverseProxy() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Rewrite:        rewrite,
+		Rewrite:        m.rewrite,
 		Transport:      &retryTransport{next: newTransport(markDialErrors(m.cfg.Dialer)), m: m},
 		BufferPool:     newBufferPool(32 << 10),
 		ModifyResponse: modifyResponse,
@@ -115,7 +115,7 @@ func (m *Mesh) newReverseProxy() *httputil.ReverseProxy {
 
 // rewrite sends the request to the picked instance with the Host the app
 // used, so that instances see what they would see without the mesh.
-func rewrite(pr *httputil.ProxyRequest) {
+func (m *Mesh) rewrite(pr *httputil.ProxyRequest) {
 	p := pickFrom(pr.In.Context())
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = p.endpoint().Addr
@@ -124,12 +124,16 @@ func rewrite(pr *httputil.ProxyRequest) {
 		host = p.target.host
 	}
 	pr.Out.Host = host
-	// The app may itself be a proxy: keep the chain it sends and add it.
-	if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
-		pr.Out.Header["X-Forwarded-For"] = xff
+	// The app may itself be a proxy: keep the chain it sends and add it,
+	// as the forwarder does (buildOut); not SetXForwarded, which would
+	// name the loopback address the app came from.
+	xff := m.cfg.clientIP(pr.In.RemoteAddr)
+	if prior := pr.In.Header["X-Forwarded-For"]; len(prior) > 0 {
+		xff = strings.Join(prior, ", ") + ", " + xff
 	}
-	pr.SetXForwarded()
+	pr.Out.Header.Set("X-Forwarded-For", xff)
 	pr.Out.Header.Set("X-Forwarded-Host", host)
+	pr.Out.Header.Set("X-Forwarded-Proto", "http")
 }
 
 // modifyResponse pins the client to the instance that answered, when the
