@@ -127,11 +127,13 @@ func (m *Mesh) rewrite(pr *httputil.ProxyRequest) {
 	// The app may itself be a proxy: keep the chain it sends and add it,
 	// as the forwarder does (buildOut); not SetXForwarded, which would
 	// name the loopback address the app came from.
-	xff := m.cfg.clientIP(pr.In.RemoteAddr)
-	if prior := pr.In.Header["X-Forwarded-For"]; len(prior) > 0 {
-		xff = strings.Join(prior, ", ") + ", " + xff
+	chain := pr.In.Header["X-Forwarded-For"]
+	if ip := m.cfg.clientIP(pr.In.RemoteAddr); ip != "" {
+		chain = append(chain[:len(chain):len(chain)], ip)
 	}
-	pr.Out.Header.Set("X-Forwarded-For", xff)
+	if len(chain) > 0 {
+		pr.Out.Header.Set("X-Forwarded-For", strings.Join(chain, ", "))
+	}
 	pr.Out.Header.Set("X-Forwarded-Host", host)
 	pr.Out.Header.Set("X-Forwarded-Proto", "http")
 }
