@@ -53,6 +53,13 @@ type Agent struct {
 // errors name the setting at fault, and leave no rule behind.
 func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
 	a := &Agent{cfg: cfg, log: log}
+	// The first look at the app's interfaces comes first of all, so that
+	// even a short-lived app is seen before it ends.
+	ctx, stopWith := context.WithCancelCause(ctx)
+	defer stopWith(nil)
+	if cfg.ExitWhenAppGone {
+		go watchApp(ctx, net.Interfaces, appLookEvery, log, stopWith)
+	}
 	if a.vips, err = vip.NewTable(cfg.VIPCIDR); err != nil {
 		return fmt.Errorf("--vip-cidr: %w", err)
 	}
@@ -176,15 +183,11 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		"registers", len(cfg.Services), "advertise", cfg.Advertise,
 		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale, "exit_when_app_gone", cfg.ExitWhenAppGone)
 
-	// A signal and the app's end stop meshlet by the same path; the app's
-	// end skips the waits that serve callers of an app that is no more.
-	stopCtx, stopWith := context.WithCancelCause(ctx)
-	defer stopWith(nil)
-	if cfg.ExitWhenAppGone {
-		go watchApp(stopCtx, net.Interfaces, appLookEvery, log, stopWith)
-	}
-	<-stopCtx.Done()
-	appGone := errors.Is(context.Cause(stopCtx), errAppGone)
+	// A signal and the app's end (watched from the start of Run) stop
+	// meshlet by the same path; the app's end skips the waits that serve
+	// callers of an app that is no more.
+	<-ctx.Done()
+	appGone := errors.Is(context.Cause(ctx), errAppGone)
 	drainTimeout := cfg.DrainTimeout
 	if appGone {
 		drainTimeout = min(drainTimeout, appGoneDrain)
