@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -90,6 +91,17 @@ type Config struct {
 	// DefaultSettleTime, negative turns it off.
 	SettleTime time.Duration
 
+	// ClientAddr is the app's own address, which X-Forwarded-For names
+	// for requests that come over loopback: the app dials a loopback VIP,
+	// so the address meshlet sees is 127.0.0.1, which tells an instance
+	// nothing. The agent sets the address the app is registered with, or
+	// else the namespace's primary address. The zero value keeps the
+	// address the connection came from.
+	ClientAddr netip.Addr
+
+	// clientXFF is ClientAddr as X-Forwarded-For writes it, made once.
+	clientXFF string
+
 	// appCheck is how often the forwarder, while it waits on an instance,
 	// looks whether the app is still there (zero: defaultAppCheck). Tests
 	// shorten it.
@@ -127,6 +139,10 @@ func (cfg Config) withDefaults() (Config, error) {
 		if *d.value == 0 {
 			*d.value = d.def
 		}
+	}
+	cfg.clientXFF = ""
+	if cfg.ClientAddr.IsValid() {
+		cfg.clientXFF = cfg.ClientAddr.Unmap().WithZone("").String()
 	}
 	if cfg.appCheck <= 0 {
 		cfg.appCheck = defaultAppCheck

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 )
@@ -82,7 +83,7 @@ func (m *Mesh) serveH1(ctx context.Context, live *liveConn, conn net.Conn, peeke
 	s.rd.reset(conn, buf)
 	s.rd.w = copy(buf, peeked) // sniff reads less than readBufSize
 	s.bw.Reset(conn)
-	s.xff = append(s.xff[:0], hostOnly(conn.RemoteAddr())...)
+	s.xff = m.cfg.appendClientIP(s.xff[:0], conn.RemoteAddr())
 	handOff := s.serve()
 	var rest []byte
 	if handOff >= 0 {
@@ -129,6 +130,38 @@ func resetOnClose(c net.Conn) {
 	if lc, ok := c.(interface{ SetLinger(int) error }); ok {
 		lc.SetLinger(0)
 	}
+}
+
+// appendClientIP appends the address X-Forwarded-For names for the app on
+// a connection from remote: ClientAddr when the connection comes over
+// loopback (as the app's intercepted ones do) and it is set, else the
+// connection's own. No allocation for TCP connections.
+func (cfg *Config) appendClientIP(b []byte, remote net.Addr) []byte {
+	ta, ok := remote.(*net.TCPAddr)
+	if !ok {
+		return append(b, hostOnly(remote)...)
+	}
+	if cfg.clientXFF != "" && ta.IP.IsLoopback() {
+		return append(b, cfg.clientXFF...)
+	}
+	return ta.AddrPort().Addr().Unmap().AppendTo(b)
+}
+
+// clientIP is appendClientIP for a request's RemoteAddr on the net/http
+// path.
+func (cfg *Config) clientIP(remoteAddr string) string {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		host, _, err := net.SplitHostPort(remoteAddr)
+		if err != nil {
+			return ""
+		}
+		return host
+	}
+	if cfg.clientXFF != "" && ap.Addr().Unmap().IsLoopback() {
+		return cfg.clientXFF
+	}
+	return ap.Addr().Unmap().String()
 }
 
 // hostOnly is the IP of an address, as X-Forwarded-For wants it (and as

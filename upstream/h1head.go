@@ -254,6 +254,9 @@ func parseFields(b []byte, h *head, request bool) error {
 			}
 		}
 		f := field{name: name, value: value, line: full[:len(line)+2], kind: classify1(name, request)}
+		if request && f.kind == fieldOther && framingLike(name) {
+			return badHead("header %q could be read as Content-Length or Transfer-Encoding by an instance", clip(name))
+		}
 		switch f.kind {
 		case fieldHost:
 			h.hosts++
@@ -447,6 +450,36 @@ func classify1(name []byte, request bool) fieldKind {
 		}
 	}
 	return fieldOther
+}
+
+// framingLike reports whether a header name is a spelling of a framing
+// header other than its own: one that, without its characters other than
+// letters and digits and in lower case, is "contentlength" or
+// "transferencoding" (Content_Length, transfer.encoding, ContentLength).
+// Servers behind CGI-style environments (WSGI, PHP, Rack) map '_' and '-'
+// to the same name, so a request with Transfer_Encoding beside our framing
+// would be another request to them: a desync. Callers test the real names
+// first; this is only reached for the others.
+func framingLike[T ~string | ~[]byte](name T) bool {
+	return foldsTo(name, "contentlength") || foldsTo(name, "transferencoding")
+}
+
+// foldsTo reports whether the letters and digits of name, in lower case,
+// are want. It stops at the first that differs, so most names cost a byte
+// or two.
+func foldsTo[T ~string | ~[]byte](name T, want string) bool {
+	j := 0
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !isAlnumByte(c) {
+			continue
+		}
+		if j == len(want) || lowerASCII(c) != want[j] {
+			return false
+		}
+		j++
+	}
+	return j == len(want)
 }
 
 // parseContentLength accepts 1 to 18 digits.

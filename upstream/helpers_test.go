@@ -18,9 +18,12 @@ func newTestMesh(t testing.TB, fc *fakeConsul, tweak func(*Config)) *Mesh {
 		Consul:             fc.client(t),
 		FirstAnswerTimeout: 2 * time.Second,
 		WaitTime:           2 * time.Second,
-		SniffTimeout:       100 * time.Millisecond,
-		RetryBackoff:       func(int) time.Duration { return 5 * time.Millisecond },
-		Logger:             testLogger(t),
+		// Long enough that a loaded machine never turns an app's late
+		// first bytes into raw TCP; tests of server-first protocols set
+		// their own.
+		SniffTimeout: 2 * time.Second,
+		RetryBackoff: func(int) time.Duration { return 5 * time.Millisecond },
+		Logger:       testLogger(t),
 	}
 	if tweak != nil {
 		tweak(&cfg)

@@ -104,7 +104,7 @@ func markDialErrors(d *net.Dialer) func(ctx context.Context, network, addr strin
 // newReverseProxy builds the proxy used for every HTTP request.
 func (m *Mesh) newReverseProxy() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Rewrite:        rewrite,
+		Rewrite:        m.rewrite,
 		Transport:      &retryTransport{next: newTransport(markDialErrors(m.cfg.Dialer)), m: m},
 		BufferPool:     newBufferPool(32 << 10),
 		ModifyResponse: modifyResponse,
@@ -115,7 +115,7 @@ func (m *Mesh) newReverseProxy() *httputil.ReverseProxy {
 
 // rewrite sends the request to the picked instance with the Host the app
 // used, so that instances see what they would see without the mesh.
-func rewrite(pr *httputil.ProxyRequest) {
+func (m *Mesh) rewrite(pr *httputil.ProxyRequest) {
 	p := pickFrom(pr.In.Context())
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = p.endpoint().Addr
@@ -124,12 +124,18 @@ func rewrite(pr *httputil.ProxyRequest) {
 		host = p.target.host
 	}
 	pr.Out.Host = host
-	// The app may itself be a proxy: keep the chain it sends and add it.
-	if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
-		pr.Out.Header["X-Forwarded-For"] = xff
+	// The app may itself be a proxy: keep the chain it sends and add it,
+	// as the forwarder does (buildOut); not SetXForwarded, which would
+	// name the loopback address the app came from.
+	chain := pr.In.Header["X-Forwarded-For"]
+	if ip := m.cfg.clientIP(pr.In.RemoteAddr); ip != "" {
+		chain = append(chain[:len(chain):len(chain)], ip)
 	}
-	pr.SetXForwarded()
+	if len(chain) > 0 {
+		pr.Out.Header.Set("X-Forwarded-For", strings.Join(chain, ", "))
+	}
 	pr.Out.Header.Set("X-Forwarded-Host", host)
+	pr.Out.Header.Set("X-Forwarded-Proto", "http")
 }
 
 // modifyResponse pins the client to the instance that answered, when the
@@ -157,6 +163,15 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal", "meshlet: request without a service")
 		return
 	}
+	if name, ok := framingVariant(r.Header); ok {
+		// As the forwarder refuses it (parseFields): net/http takes such a
+		// name for an ordinary header, and ReverseProxy would pass it on.
+		m.log.Debug("refusing a request with a framing header variant", "service", t.watch.name, "from", r.RemoteAddr, "header", name)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusBadRequest, ErrCodeBadRequest,
+			oneLine(fmt.Sprintf("meshlet: bad request: header %q could be read as Content-Length or Transfer-Encoding by an instance", clip([]byte(name)))))
+		return
+	}
 	p := &pick{client: r.Context()}
 	code, msg, ok := m.choose(r.Context(), t, p, func(name string, found func(stickyID) bool) {
 		stickyCookies(r.Header, name, found)
@@ -172,6 +187,19 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	m.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// framingVariant returns the first header name of h that an instance
+// could read as a framing header although it is not one (see
+// framingLike). net/http's server keeps the real Content-Length under its
+// canonical name and takes Transfer-Encoding out of the header.
+func framingVariant(h http.Header) (string, bool) {
+	for name := range h {
+		if name != "Content-Length" && name != "Transfer-Encoding" && framingLike(name) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // route returns the set a request or connection for the service goes to

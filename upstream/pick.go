@@ -96,6 +96,7 @@ func (m *Mesh) instanceFailed(w *serviceWatch, set *EndpointSet, i int, now time
 // passive health: a 5xx is a failure when the policy says so.
 func (m *Mesh) pickAnswered(p *pick, status int) {
 	now := time.Now()
+	p.set.hosts[p.idx].answeredIn(now.UnixNano()-p.now, now.UnixNano())
 	if status >= 500 && p.policy.Eject5xx {
 		m.pickFailed(p, now, nil)
 	} else {

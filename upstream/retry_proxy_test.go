@@ -286,6 +286,7 @@ func TestLeastRequestSendsLessToASlowInstance(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	t.Logf("requests per instance: %v", counts)
 	if counts["slow"]*5 > counts["f1"] || counts["slow"]*5 > counts["f2"] {
 		t.Errorf("requests = %v; want the slow instance to get a fifth or less of a fast one's", counts)
 	}

@@ -79,7 +79,7 @@ func TestTCPServerFirstProtocolWorksAfterSniffTimeout(t *testing.T) {
 		io.WriteString(c, "220 greetings\r\n")
 		echo(c)
 	})
-	_, _, front := webMesh(t, nil, instance(t, "web", "smtp", addr))
+	_, _, front := webMesh(t, func(c *Config) { c.SniffTimeout = 100 * time.Millisecond }, instance(t, "web", "smtp", addr))
 
 	conn, err := net.Dial("tcp", front.addr)
 	if err != nil {
