@@ -551,17 +551,15 @@ func encode(doc *yaml.Node) ([]byte, error) {
 	}
 	// yaml.v3 spells out the tag of merge keys (<<) it read; compose files
 	// never do.
+	mergeTag := regexp.MustCompile(`(?m)^(\s*(?:- )?)!!merge <<:`)
 	b := mergeTag.ReplaceAll(buf.Bytes(), []byte("$1<<:"))
 	return spaceOut(b), nil
 }
 
-var mergeTag = regexp.MustCompile(`(?m)^(\s*(?:- )?)!!merge <<:`)
-
-var keyLine = regexp.MustCompile(`^( {0,2})[^\s#-][^:]*:(\s|$)`)
-
 // spaceOut puts a blank line before each top-level key and each service
 // (with the comment block above it).
 func spaceOut(b []byte) []byte {
+	keyLine := regexp.MustCompile(`^( {0,2})[^\s#-][^:]*:(\s|$)`)
 	lines := strings.Split(string(b), "\n")
 	var out []string
 	inServices := false
@@ -591,13 +589,12 @@ func spaceOut(b []byte) []byte {
 
 func indentOf(s string) int { return len(s) - len(strings.TrimLeft(s, " ")) }
 
-var (
-	quotedService = regexp.MustCompile(`service "([^"]+)"`)
-	schemaPath    = regexp.MustCompile(`validating [^:]+: ([^ ]+) `)
-)
-
 // locate adds the line of the place a validator's error names.
 func locate(filename string, doc *yaml.Node, err error) error {
+	// Compiled here, not at init: package variables would cost every
+	// sidecar's start.
+	quotedService := regexp.MustCompile(`service "([^"]+)"`)
+	schemaPath := regexp.MustCompile(`validating [^:]+: ([^ ]+) `)
 	msg := err.Error()
 	line := 0
 	if m := schemaPath.FindStringSubmatch(msg); m != nil {

@@ -3,7 +3,6 @@ package inject
 import (
 	"fmt"
 	"net/url"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,7 +46,11 @@ func (p *plan) get(key string) (string, bool) {
 var meshletChecks = []string{"HTTP", "TCP", "INTERVAL", "TIMEOUT", "INITIAL_DELAY", "TTL",
 	"DEREGISTER_AFTER", "SUCCESS_THRESHOLD", "FAILURE_THRESHOLD"}
 
-var routingPort = regexp.MustCompile(`^aliyun\.routing\.port_([0-9]+)$`)
+// routingPort returns the port of an aliyun.routing.port_N label.
+func routingPort(key string) (string, bool) {
+	n, ok := strings.CutPrefix(key, "aliyun.routing.port_")
+	return n, ok && isDigits(n)
+}
 
 // planService reads what the app service svc (named name, the base name of
 // its instances) says about its mesh settings, takes the translated parts
@@ -67,11 +70,11 @@ func planService(name string, svc *yaml.Node, rep *reporter) plan {
 			continue
 		}
 		translated := true
-		switch m := routingPort.FindStringSubmatch(l.key); {
-		case m != nil:
-			port, err := strconv.Atoi(m[1])
+		switch m, isRoute := routingPort(l.key); {
+		case isRoute:
+			port, err := strconv.Atoi(m)
 			if err != nil || port < 1 || port > 65535 {
-				rep.untranslated(name, "%s: %q is not a port", l.key, m[1])
+				rep.untranslated(name, "%s: %q is not a port", l.key, m)
 				translated = false
 				break
 			}
