@@ -156,6 +156,10 @@ func Inject(ctx context.Context, src []byte, opt Options) (Result, error) {
 	if !changed {
 		return Result{Output: src, Notes: append(rep.notes, Note{Text: "nothing to change"})}, nil
 	}
+	// What inject adds is written in block style, which a flow mapping
+	// around it would forbid.
+	root.Style &^= yaml.FlowStyle
+	services.Style &^= yaml.FlowStyle
 	if _, v := entry(root, "version"); v != nil {
 		mapDelete(root, "version")
 		rep.change("", "version: %s removed: the output follows the Compose Specification (docker compose, docker-compose 1.27 and later)", v.Value)
@@ -227,7 +231,12 @@ func meshServices(root, services *yaml.Node, opt Options, rep *reporter) error {
 			rep.note(name, "skipped: opted out (x-meshlet: {inject: false} or label meshlet.inject=false)")
 			continue
 		}
-		apps = append(apps, app{name: name, idx: i, plan: planService(name, svc, rep)})
+		p := planService(name, svc, rep)
+		if p.replicas == 0 {
+			rep.note(name, "0 instances asked: no sidecar")
+			continue
+		}
+		apps = append(apps, app{name: name, idx: i, plan: p})
 	}
 	if len(apps) == 0 {
 		return nil
@@ -271,10 +280,6 @@ func meshServices(root, services *yaml.Node, opt Options, rep *reporter) error {
 		from := ""
 		if len(a.plan.from) > 0 {
 			from = " (from " + strings.Join(a.plan.from, "; ") + ")"
-		}
-		if a.plan.replicas == 0 {
-			rep.note(a.name, "0 instances asked: no sidecar")
-			return
 		}
 		if a.plan.replicas == 1 {
 			scName := uniqueName(a.name+"-meshlet", taken)

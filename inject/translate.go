@@ -110,6 +110,10 @@ func planService(name string, svc *yaml.Node, rep *reporter) plan {
 				break
 			}
 			p.replicas = n
+			if n == 0 {
+				translated = false // the app stays as it is, without a sidecar
+				break
+			}
 			p.from = append(p.from, l.key)
 		case l.key == "aliyun.routing.session_sticky":
 			b, err := strconv.ParseBool(strings.TrimSpace(l.value))
@@ -262,7 +266,7 @@ func planService(name string, svc *yaml.Node, rep *reporter) plan {
 		} else {
 			p.replicas = n
 		}
-		if p.replicas != 1 {
+		if p.replicas > 1 {
 			p.from = append(p.from, strings.TrimPrefix(r.path+"."+r.key, "."))
 			if !mapDelete(parent, r.key) {
 				rep.untranslated(name, "%s comes from a shared anchor and stays there", r.key)
