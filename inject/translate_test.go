@@ -175,10 +175,10 @@ services:
 
 func TestErrors(t *testing.T) {
 	for src, want := range map[string]string{
-		"- a\n- b\n":                  "the top level must be a mapping",
-		"services:\n  web: [a]\n":     "line 2: service web is not a mapping",
+		"- a\n- b\n":                   "the top level must be a mapping",
+		"services:\n  web: [a]\n":      "line 2: service web is not a mapping",
 		"services:\n  web:\n  image\n": "compose.yaml: yaml: line 3",
-		"version: '3'\n":              "no services",
+		"version: '3'\n":               "no services",
 	} {
 		_, err := Inject(context.Background(), []byte(src), Options{})
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -194,7 +194,7 @@ func TestPathLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	for path, want := range map[string]int{
-		"services.web":                               2,
+		"services.web": 2,
 		"services.web.labels.aliyun.routing.port_80": 4,
 		"services.web.ports.1":                       7,
 		"services.web.nothing":                       2,
