@@ -479,18 +479,19 @@ func fixedHostPort(ports *yaml.Node) bool {
 	return false
 }
 
-// isMeshlet tells a meshlet sidecar: its image or command names meshlet, or
-// it is named after the app as inject names sidecars.
+// isMeshlet tells a meshlet sidecar: its image is meshlet's (any registry
+// or tag), its command runs meshlet, or it is named as inject names
+// sidecars.
 func isMeshlet(name, target string, svc *yaml.Node) bool {
-	if img := imageOf(svc); strings.Contains(repoOf(img), "meshlet") && !strings.Contains(img, "simple-web") && !strings.Contains(img, "restclient") {
+	if repoOf(imageOf(svc)) == "meshlet" {
 		return true
 	}
 	for _, f := range []string{"entrypoint", "command"} {
-		if s := stringsOf(lookup(svc, f)); len(s) > 0 && strings.Contains(s[0], "meshlet") {
+		if s := stringsOf(lookup(svc, f)); len(s) > 0 && (s[0] == "meshlet" || strings.HasSuffix(s[0], "/meshlet")) {
 			return true
 		}
 	}
-	return target != "" && (name == target+"-meshlet" || name == target+"-sidecar")
+	return target != "" && name == target+"-meshlet"
 }
 
 func imageOf(svc *yaml.Node) string {
