@@ -10,11 +10,16 @@ package main
 import (
 	"os"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/meshlet/meshlet/inject"
 	"github.com/meshlet/meshlet/inject/composecheck"
 )
 
 func main() {
+	// compose-go warns through logrus about what inject reports itself
+	// (an obsolete version: key, which the output drops).
+	logrus.SetLevel(logrus.ErrorLevel)
 	args := os.Args[1:]
 	if len(args) > 0 && args[0] == "inject" { // also answers as `meshlet-inject inject`, like `meshlet inject`
 		args = args[1:]
