@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/meshlet/meshlet/agent/registration"
 )
 
 // plan is what one app service's sidecar gets, and how many instances the
@@ -310,6 +312,18 @@ func planService(name string, svc *yaml.Node, rep *reporter) plan {
 		return 3
 	}
 	slices.SortStableFunc(p.env, func(a, b envVar) int { return rank(a.key) - rank(b.key) })
+
+	// The sidecar reads these with the same parser at start; what it would
+	// refuse is said now (values compose fills in later are not checked).
+	var environ []string
+	for _, e := range p.env {
+		if !strings.Contains(e.value, "$") {
+			environ = append(environ, e.key+"="+e.value)
+		}
+	}
+	if _, err := registration.Parse(environ, "inject"); err != nil {
+		rep.untranslated(name, "the sidecar would refuse to start: %v; fix it in its environment", err)
+	}
 	return p
 }
 

@@ -107,6 +107,13 @@ func TestTranslate(t *testing.T) {
 			report:  []string{"SERVICE_NAME=www overrides", "NOT TRANSLATED: environment SERVICE_CHECK_DOCKER"},
 		},
 		{
+			name:    "a value the sidecar would refuse is reported",
+			src:     "services:\n  web:\n    image: x\n    environment:\n      SERVICE_NAME: web\n      SERVICE_CHECK_INTERVAL: soon\n",
+			sidecar: "web-meshlet",
+			want:    map[string]string{"CONSUL_HTTP_ADDR": "consul:8500", "SERVICE_NAME": "web", "SERVICE_CHECK_INTERVAL": "soon"},
+			report:  []string{`NOT TRANSLATED: the sidecar would refuse to start: SERVICE_CHECK_INTERVAL: "soon" is not a positive duration`},
+		},
+		{
 			name:    "--consul points at an existing Consul",
 			src:     "services:\n  web:\n    image: x\n",
 			sidecar: "web-meshlet",
