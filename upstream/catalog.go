@@ -114,6 +114,9 @@ func (c *catalogWatch) answeredAgain(afterFailures int, m *Mesh) {
 	if since := c.failingSince.Swap(0); since != 0 && c.current.Load() != nil {
 		m.log.Info("consul answers again: leaving fail-static",
 			"outage", time.Since(time.Unix(0, since)).Round(time.Millisecond))
+		// The saved state says when Consul last confirmed it: that is now,
+		// even when its answer is the same as before the outage.
+		m.state.changed()
 	}
 	c.lastErr.Store(nil)
 	if afterFailures > 0 && m.cfg.SettleTime > 0 {
