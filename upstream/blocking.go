@@ -116,6 +116,9 @@ func (q *blockingQuery[T]) call(ctx context.Context, waitIndex uint64) (T, uint6
 // up to wait/16 that Consul adds to it as jitter, plus callTimeout for
 // the answer to come back.
 func fetchDeadline(waitIndex uint64, wait, callTimeout time.Duration) time.Duration {
+	if callTimeout <= 0 {
+		callTimeout = DefaultCallTimeout // never no deadline, nor one that fails every query at once
+	}
 	if waitIndex == 0 {
 		return callTimeout
 	}

@@ -151,6 +151,7 @@ func TestFetchDeadline(t *testing.T) {
 		{"a query that does not block gets the call timeout", 0, 5 * time.Minute, 5 * time.Second, 5 * time.Second},
 		{"a blocking one its wait, Consul's jitter and the call timeout", 42, 5 * time.Minute, 5 * time.Second, 5*time.Minute + 18750*time.Millisecond + 5*time.Second},
 		{"short waits too", 1, 16 * time.Second, time.Second, 18 * time.Second},
+		{"no call timeout is the default one", 0, time.Minute, 0, DefaultCallTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := fetchDeadline(tc.waitIndex, tc.wait, tc.call); got != tc.want {
