@@ -217,7 +217,7 @@ func TestBlockingQueryFailsAtItsDeadline(t *testing.T) {
 		waitIndex uint64
 		deadline  time.Duration
 	}{{0, 100 * time.Millisecond}, {7, 270 * time.Millisecond}} {
-		if got[i].waitIndex != want.waitIndex || got[i].deadline > want.deadline || got[i].deadline < want.deadline-50*time.Millisecond {
+		if got[i].waitIndex != want.waitIndex || got[i].deadline > want.deadline || got[i].deadline < want.deadline-150*time.Millisecond {
 			t.Errorf("attempt %d: index %d with %v left, want index %d with %v", i, got[i].waitIndex, got[i].deadline, want.waitIndex, want.deadline)
 		}
 		if !strings.Contains(errs[i].Error(), "test query: no answer from consul within") {
@@ -246,18 +246,18 @@ func TestLivenessAbortsCallsInFlightWhenConsulIsSilent(t *testing.T) {
 		}
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); l.run(ctx, ping, 50*time.Millisecond, 100*time.Millisecond, testLogger(t)) }()
+	go func() { defer close(done); l.run(ctx, ping, 200*time.Millisecond, 100*time.Millisecond, testLogger(t)) }()
 	defer func() { cancel(); <-done }()
 
 	eventually(t, "a first answer", func() bool { return !l.lastAnswer().IsZero() })
 	// Answers from the watches keep the check quiet.
 	before := pings.Load()
-	for range 10 {
+	for range 60 {
 		l.answered(time.Now())
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	if n := pings.Load() - before; n > 1 {
-		t.Errorf("%d liveness checks while queries answered every 20 ms, want at most 1", n)
+		t.Errorf("%d liveness checks in 600 ms while queries answered every 10 ms, want at most 1 (3 unasked)", n)
 	}
 
 	call, stop := l.callContext(context.Background(), time.Hour)
@@ -270,8 +270,8 @@ func TestLivenessAbortsCallsInFlightWhenConsulIsSilent(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a call in flight outlived a silent Consul")
 	}
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("the silence ended the call after %v, want about 150 ms (every + timeout)", took)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("the silence ended the call after %v, want about 300 ms (every + timeout)", took)
 	}
 	if cause := context.Cause(call); cause == nil || !strings.Contains(cause.Error(), "consul does not answer") {
 		t.Errorf("cause = %v, want it to say consul does not answer", cause)
