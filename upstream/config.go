@@ -22,6 +22,7 @@ const (
 	DefaultDialTimeout        = 2 * time.Second
 	DefaultFirstAnswerTimeout = 5 * time.Second
 	DefaultWaitTime           = 5 * time.Minute
+	DefaultCallTimeout        = 5 * time.Second
 	DefaultSniffTimeout       = 300 * time.Millisecond
 	DefaultRetryBase          = 250 * time.Millisecond
 	DefaultRetryMax           = 10 * time.Second
@@ -46,8 +47,18 @@ type Config struct {
 	// connection after a DNS lookup does not fail for want of instances.
 	FirstAnswerTimeout time.Duration
 
-	// WaitTime is the longest a blocking query waits for a change.
+	// WaitTime is the longest a blocking query waits for a change. A
+	// blocking query that has no answer after WaitTime + WaitTime/16 (the
+	// jitter Consul adds) + CallTimeout fails.
 	WaitTime time.Duration
+
+	// CallTimeout is how long a query of Consul that does not block may
+	// take, and the deadline of the liveness check that tells a Consul
+	// that hangs (accepts connections and never answers) from one with
+	// nothing new to say: when nothing has answered for pingEvery, the
+	// check asks, and no answer within CallTimeout fails every query in
+	// flight, as a Consul that is down would.
+	CallTimeout time.Duration
 
 	// SniffTimeout is how long ServeConn waits for the app's first bytes to
 	// tell HTTP from other TCP. Protocols where the server speaks first send
@@ -102,6 +113,10 @@ type Config struct {
 	// clientXFF is ClientAddr as X-Forwarded-For writes it, made once.
 	clientXFF string
 
+	// pingEvery is how long Consul may go without answering before the
+	// liveness check asks it (zero: defaultPingEvery). Tests shorten it.
+	pingEvery time.Duration
+
 	// appCheck is how often the forwarder, while it waits on an instance,
 	// looks whether the app is still there (zero: defaultAppCheck). Tests
 	// shorten it.
@@ -112,6 +127,12 @@ type Config struct {
 // how late it may notice that the app left, or that an instance it sends
 // a request body to answered instead of reading.
 const defaultAppCheck = time.Second
+
+// defaultPingEvery bounds, with CallTimeout, how long a hung Consul goes
+// unnoticed: at most pingEvery + CallTimeout after its last answer. A
+// tiny request (/v1/status/leader) every 5 s per sidecar, and only while
+// no blocking query returns, costs Consul next to nothing.
+const defaultPingEvery = 5 * time.Second
 
 // withDefaults checks cfg and fills in its zero values.
 func (cfg Config) withDefaults() (Config, error) {
@@ -125,6 +146,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	}{
 		{"FirstAnswerTimeout", &cfg.FirstAnswerTimeout, DefaultFirstAnswerTimeout},
 		{"WaitTime", &cfg.WaitTime, DefaultWaitTime},
+		{"CallTimeout", &cfg.CallTimeout, DefaultCallTimeout},
 		{"SniffTimeout", &cfg.SniffTimeout, DefaultSniffTimeout},
 		{"MaxStale", &cfg.MaxStale, 0},
 		{"SettleTime", &cfg.SettleTime, DefaultSettleTime},
@@ -143,6 +165,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	cfg.clientXFF = ""
 	if cfg.ClientAddr.IsValid() {
 		cfg.clientXFF = cfg.ClientAddr.Unmap().WithZone("").String()
+	}
+	if cfg.pingEvery <= 0 {
+		cfg.pingEvery = defaultPingEvery
 	}
 	if cfg.appCheck <= 0 {
 		cfg.appCheck = defaultAppCheck

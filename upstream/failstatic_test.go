@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,7 +136,8 @@ func TestSettleAfterOutage(t *testing.T) {
 func startMesh(t *testing.T, fc *fakeConsul, tweak func(*Config)) (*Mesh, *proxyFront, func()) {
 	t.Helper()
 	cfg := Config{Consul: fc.client(t), FirstAnswerTimeout: 2 * time.Second, WaitTime: 2 * time.Second,
-		SniffTimeout: 100 * time.Millisecond, RetryBackoff: func(int) time.Duration { return 5 * time.Millisecond }, Logger: testLogger(t)}
+		SniffTimeout: 100 * time.Millisecond, RetryBackoff: func(int) time.Duration { return 5 * time.Millisecond }, Logger: testLogger(t),
+		pingEvery: 20 * time.Millisecond}
 	tweak(&cfg)
 	m, err := New(cfg)
 	if err != nil {
@@ -307,5 +309,125 @@ func TestDecodeState(t *testing.T) {
 				t.Errorf("kept %d endpoints in %d services, want %d in at most 1", n, len(st.Services), tc.eps)
 			}
 		})
+	}
+}
+
+// hangTimes are the test's liveness settings: a hang shows within about
+// pingEvery + CallTimeout.
+func hangTimes(c *Config) {
+	c.CallTimeout = 300 * time.Millisecond
+	c.pingEvery = 50 * time.Millisecond
+}
+
+// A Consul that accepts connections and never answers (a stopped process)
+// is noticed within pingEvery + CallTimeout, and meshlet then behaves as
+// with one that is down: fail-static, still routing, and a state whose
+// confirmation stays at Consul's last answer.
+func TestConsulThatHangsGoesFailStatic(t *testing.T) {
+	a := whoAmI(t, "a")
+	dir := t.TempDir()
+	fc, m, front := webMesh(t, func(c *Config) {
+		hangTimes(c)
+		c.WaitTime = time.Minute // a blocking query alone would notice nothing for a minute
+		c.StateDir, c.StateID = dir, "c"
+	}, instance(t, "web", "a", addrOf(a)))
+	c := client(front)
+	if _, _, h := do(t, c, http.MethodGet, ""); h.Get("X-Instance") != "a" {
+		t.Fatal("not routing before the hang")
+	}
+	eventually(t, "the catalog", func() bool { ok, _ := m.CatalogReady(); return ok })
+	eventually(t, "a blocking query of each", func() bool {
+		return slices.Contains(fc.indexesSent(catalogPath), "1") && slices.Contains(fc.indexesSent(healthPath("web")), "7")
+	})
+
+	fc.setHung(true)
+	hung := time.Now()
+	eventually(t, "fail-static in Status", func() bool { return statusHas(m, "fail-static: consul unreachable for") })
+	noticed := time.Since(hung)
+	t.Logf("a hung Consul noticed after %v (pingEvery 50ms + CallTimeout 300ms)", noticed)
+	if noticed > 2*time.Second {
+		t.Errorf("the hang was noticed after %v, want about 350 ms", noticed)
+	}
+	if ok, _ := m.CatalogReady(); !ok {
+		t.Error("not ready during a hang after good answers")
+	}
+	for i := range 10 {
+		if status, _, h := do(t, c, http.MethodGet, ""); status != http.StatusOK || h.Get("X-Instance") != "a" {
+			t.Fatalf("request %d during the hang: %d", i, status)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	st := m.stateSnapshot(false)
+	if st == nil || st.ConfirmedAt.After(hung) {
+		t.Errorf("state written during the hang: %+v, want it confirmed before the hang began (%v)", st, hung)
+	}
+	if w := m.watchOf("web"); w == nil || time.Unix(0, w.failingSince.Load()).After(hung) {
+		t.Error("web's staleness counts from after the hang began")
+	}
+
+	fc.setHung(false)
+	eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
+	// Consul's answers are the same as before the hang, yet the file
+	// learns at once that they were confirmed again.
+	eventually(t, "the state file confirmed after the hang", func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "state-c.json"))
+		if err != nil {
+			return false
+		}
+		st, err := decodeState(b)
+		return err == nil && st.ConfirmedAt.After(hung)
+	})
+}
+
+// A meshlet started while Consul hangs, with a saved state, is ready and
+// routes on it once the first query's deadline has passed, and requests
+// that came before wait no longer than that.
+func TestStartWhileConsulHangsRoutesFromSavedState(t *testing.T) {
+	dir := t.TempDir()
+	a := whoAmI(t, "a")
+	withState := func(c *Config) {
+		hangTimes(c)
+		c.StateDir, c.StateID = dir, "c"
+		c.FirstAnswerTimeout = 10 * time.Second // so that only the query's deadline can release the request
+	}
+	fc := newFakeConsul(t)
+	fc.setCatalog(1, "web")
+	fc.setHealth("web", 7, instance(t, "web", "a", addrOf(a)))
+	m, front, stop := startMesh(t, fc, withState)
+	if got, _ := getWith(t, client(front), ""); got != "a" {
+		t.Fatalf("first run: %s", got)
+	}
+	eventually(t, "the state file", func() bool {
+		st, err := os.ReadFile(filepath.Join(dir, "state-c.json"))
+		return err == nil && strings.Contains(string(st), addrOf(a))
+	})
+	_ = m
+	stop()
+
+	hung := newFakeConsul(t)
+	hung.setHung(true)
+	start := time.Now()
+	m2, front2, _ := startMesh(t, hung, withState)
+	reqDone := make(chan time.Duration, 1)
+	go func() {
+		s := time.Now()
+		status, _, _ := do(t, client(front2), http.MethodGet, "")
+		if status != http.StatusOK {
+			t.Errorf("a request made at start, while Consul hangs: %d", status)
+		}
+		reqDone <- time.Since(s)
+	}()
+	eventually(t, "ready on the saved state", func() bool { ok, _ := m2.CatalogReady(); return ok })
+	ready := time.Since(start)
+	if ok, err := m2.ServiceExists("web"); !ok || err != nil {
+		t.Errorf("ServiceExists while Consul hangs = %v, %v; want the saved catalog", ok, err)
+	}
+	waited := <-reqDone
+	t.Logf("started with Consul hung: ready after %v, the first request answered after %v (CallTimeout 300ms)", ready, waited)
+	if ready > 2*time.Second || waited > 3*time.Second {
+		t.Errorf("ready after %v, first request after %v; want both about CallTimeout", ready, waited)
+	}
+	if !statusHas(m2, "routing on the saved state") {
+		t.Errorf("Status = %q, want the saved state named", m2.Status())
 	}
 }

@@ -14,16 +14,20 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-const catalogPath = "/v1/catalog/services"
+const (
+	catalogPath = "/v1/catalog/services"
+	leaderPath  = "/v1/status/leader" // the liveness check
+)
 
 func healthPath(service string) string { return "/v1/health/service/" + service }
 
-// fakeConsul speaks the two Consul endpoints the package uses, including
+// fakeConsul speaks the Consul endpoints the package uses, including
 // blocking on ?index= until the test changes the answer.
 type fakeConsul struct {
 	srv *httptest.Server
 
 	mu       sync.Mutex
+	hung     bool // answer nothing at all, as a stopped Consul process
 	answers  map[string]*fakeAnswer
 	changed  chan struct{} // closed and replaced on every change
 	requests map[string][]string
@@ -43,8 +47,12 @@ func newFakeConsul(t testing.TB) *fakeConsul {
 		changed:  make(chan struct{}),
 		requests: make(map[string][]string),
 	}
+	fc.answers[leaderPath] = &fakeAnswer{index: 1, body: "127.0.0.1:8300"}
 	fc.srv = httptest.NewServer(http.HandlerFunc(fc.serve))
-	t.Cleanup(fc.srv.Close)
+	t.Cleanup(func() {
+		fc.setHung(false) // release held requests, or Close waits for them
+		fc.srv.Close()
+	})
 	return fc
 }
 
@@ -70,6 +78,17 @@ func (fc *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 	fc.mu.Lock()
 	fc.requests[r.URL.Path] = append(fc.requests[r.URL.Path], indexParam)
 	for {
+		if fc.hung {
+			changed := fc.changed
+			fc.mu.Unlock()
+			select {
+			case <-changed:
+			case <-r.Context().Done():
+				return
+			}
+			fc.mu.Lock()
+			continue
+		}
 		a := fc.answers[r.URL.Path]
 		if a == nil {
 			fc.mu.Unlock()
@@ -149,6 +168,17 @@ func (fc *fakeConsul) setHolding(path string, hold bool) {
 		fc.answers[path] = a
 	}
 	a.hold = hold
+	close(fc.changed)
+	fc.changed = make(chan struct{})
+}
+
+// setHung makes every request wait, without an answer and without end,
+// until it is released: a Consul whose process is stopped (SIGSTOP), or
+// whose container is paused.
+func (fc *fakeConsul) setHung(hung bool) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	fc.hung = hung
 	close(fc.changed)
 	fc.changed = make(chan struct{})
 }

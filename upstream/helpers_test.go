@@ -24,6 +24,7 @@ func newTestMesh(t testing.TB, fc *fakeConsul, tweak func(*Config)) *Mesh {
 		SniffTimeout: 2 * time.Second,
 		RetryBackoff: func(int) time.Duration { return 5 * time.Millisecond },
 		Logger:       testLogger(t),
+		pingEvery:    20 * time.Millisecond,
 	}
 	if tweak != nil {
 		tweak(&cfg)
