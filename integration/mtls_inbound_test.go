@@ -382,3 +382,87 @@ func tlsGet(c net.Conn, cfg *tls.Config) error {
 	}
 	return keepAliveGet(tc, bufio.NewReader(tc))
 }
+
+// state reads the certs snapshot of the inbound host.
+func (lab *mtlsLab) state(t *testing.T) certs.Snapshot {
+	t.Helper()
+	resp, err := lab.web.HTTPClient(3 * time.Second).Get("http://127.0.0.1:15000/v1/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var snap certs.Snapshot
+	if err := json.NewDecoder(resp.Body).Decode(&snap); err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+// A CA root rotation on the real Consul (`consul connect ca set-config`
+// with a new key type) under constant load through Consul's proxy into
+// inbound: not one request fails, and inbound ends up serving a leaf of
+// the new root while trusting both.
+func TestMTLSInboundCARotationUnderLoad(t *testing.T) {
+	lab := startMTLSLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	before := lab.state(t)
+
+	type result struct {
+		ok     int
+		failed []string
+	}
+	stop := make(chan struct{})
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		for i := 0; i < 3000; i++ { // bounded: at most 3000 requests, 20ms apart
+			select {
+			case <-stop:
+				done <- r
+				return
+			default:
+			}
+			if _, err := lab.get(ctx); err != nil {
+				r.failed = append(r.failed, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+			} else {
+				r.ok++
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		done <- r
+	}()
+	time.Sleep(time.Second)
+	cfg := filepath.Join(lab.w.Lab.Dir(), "ca-rsa.json")
+	if err := os.WriteFile(cfg, []byte(`{"Provider":"consul","Config":{"PrivateKeyType":"rsa","PrivateKeyBits":2048}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lab.consulCLI(t, "connect", "ca", "set-config", "-config-file", cfg)
+	rotated := time.Now()
+	var after certs.Snapshot
+	// Consul's agents fetch new leaves at a random moment up to 30 s after
+	// the roots change, so that a cluster's CA is not hit all at once.
+	if err := meshlab.Poll(ctx, 45*time.Second, "inbound to serve a leaf of the new root", func() error {
+		after = lab.state(t)
+		if after.ActiveRoot == before.ActiveRoot || after.LeafSerial == before.LeafSerial {
+			return fmt.Errorf("state %+v", after)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	took := time.Since(rotated)
+	time.Sleep(3 * time.Second) // load on the new leaves, from both sides
+	close(stop)
+	r := <-done
+	t.Logf("rotation: new leaf in inbound %v after set-config; %d requests ok, %d failed", took.Round(time.Millisecond), r.ok, len(r.failed))
+	if len(r.failed) > 0 {
+		t.Errorf("%d requests failed during the rotation; first: %s", len(r.failed), r.failed[0])
+	}
+	if after.Roots != 2 {
+		t.Errorf("inbound trusts %d roots after the rotation, want both the old and the new", after.Roots)
+	}
+	if r.ok < 50 {
+		t.Errorf("only %d requests made: the load did not cover the rotation", r.ok)
+	}
+}
