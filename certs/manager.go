@@ -51,14 +51,13 @@ type Manager struct {
 	cfg   Config
 	state atomic.Pointer[material]
 
-	mu         sync.Mutex // serializes writers of state and the fields below
-	ready      chan struct{}
-	readyOnce  sync.Once
-	rootsErr   error // last failure of the roots watch, nil after an answer
-	leafErr    error
-	warnedFor  string    // serial of the leaf the last expiry warning was about
-	warnedAt   time.Time // when it was logged
-	lastUpdate time.Time
+	mu        sync.Mutex // serializes writers of state and the fields below
+	ready     chan struct{}
+	readyOnce sync.Once
+	rootsErr  error // last failure of the roots watch, nil after an answer
+	leafErr   error
+	warnedFor string    // serial of the leaf the last expiry warning was about
+	warnedAt  time.Time // when it was logged
 }
 
 // New checks cfg and returns a Manager; Run starts it.
@@ -228,7 +227,6 @@ func (m *Manager) setLeaf(lc *api.LeafCert) error {
 // publish stores next; the caller holds m.mu.
 func (m *Manager) publish(next *material) {
 	m.state.Store(next)
-	m.lastUpdate = m.cfg.Now()
 	if next.ready() {
 		m.readyOnce.Do(func() { close(m.ready) })
 	}
