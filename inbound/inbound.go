@@ -59,6 +59,9 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	DialTimeout      time.Duration // to the app
 	Log              *slog.Logger
+	// Refused, when not nil, is told the reason of every refused
+	// handshake (the reasons the log gives), for the metrics.
+	Refused func(reason string)
 }
 
 // Listener is the inbound listener.
@@ -407,6 +410,9 @@ func (l *Listener) refused(remote string, cs tls.ConnectionState, err error) {
 		reason = "handshake-timeout"
 	}
 	l.log.Warn("inbound: refused", "from", remote, "peer", peer, "reason", reason, "err", err)
+	if l.cfg.Refused != nil {
+		l.cfg.Refused(reason)
+	}
 }
 
 // pipe copies both ways. A side that ends its stream (EOF, a TLS

@@ -268,7 +268,15 @@ func TestHTTP1AndHTTP2(t *testing.T) {
 // with its identity and a reason; the listener keeps serving good callers.
 func TestRefusals(t *testing.T) {
 	var accepted atomic.Int32
-	lb := newLab(t, echoApp(t, &accepted), nil)
+	var mu sync.Mutex
+	var reasons []string // as Config.Refused is told them
+	lb := newLab(t, echoApp(t, &accepted), func(c *Config) {
+		c.Refused = func(reason string) {
+			mu.Lock()
+			reasons = append(reasons, reason)
+			mu.Unlock()
+		}
+	})
 	other := certstest.NewCA(t, "other", td)
 	lb.authz.set(lb.ca.URI("intruder", "dc1"), true, nil)
 	for _, tc := range []struct {
@@ -322,6 +330,11 @@ func TestRefusals(t *testing.T) {
 	if n := accepted.Load(); n != 0 {
 		t.Errorf("the app got %d connections from refused callers", n)
 	}
+	mu.Lock()
+	if got := strings.Join(reasons, ","); got != "closed-before-handshake,tls,tls,tls,tls,intentions" {
+		t.Errorf("Refused was told %q, want each refusal's reason once", got)
+	}
+	mu.Unlock()
 	c, err := lb.dial(t, lb.client(t, "web-client"))
 	if err != nil {
 		t.Fatalf("a good caller after the bad ones: %v", err)

@@ -57,6 +57,8 @@ type Metrics struct {
 	dnsForwardFailures prometheus.Counter
 	dns                DNS
 
+	mtlsFailures [len(mtlsReasons)]prometheus.Counter // by reason
+
 	mu       sync.Mutex
 	services map[string]*Service
 }
@@ -101,6 +103,7 @@ func New() *Metrics {
 		m.dns.kinds[k] = m.dnsQueries.WithLabelValues(DNSKind(k).String())
 	}
 	m.dns.forwardFailures = m.dnsForwardFailures
+	m.newMTLS()
 	return m
 }
 

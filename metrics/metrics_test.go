@@ -197,7 +197,7 @@ func TestNamesFollowConventions(t *testing.T) {
 		for _, met := range mf.GetMetric() {
 			for _, l := range met.GetLabel() {
 				switch l.GetName() {
-				case "service", "instance_id", "class", "kind", "direction", "status":
+				case "service", "instance_id", "class", "kind", "direction", "status", "reason":
 				default:
 					t.Errorf("%s has label %q, outside the allowed set", name, l.GetName())
 				}
@@ -338,4 +338,44 @@ func TestSeriesFor10Services(t *testing.T) {
 	if meshlet > 700 {
 		t.Errorf("%d meshlet series, over the budget of 700", meshlet)
 	}
+}
+
+func TestMTLS(t *testing.T) {
+	m := New()
+	m.HandshakeFailed("intentions")
+	m.HandshakeFailed("intentions")
+	m.HandshakeFailed("something new") // counts as tls
+	notAfter := time.Now().Add(time.Hour)
+	hasLeaf := false
+	m.WatchLeaf(func() (time.Time, bool) { return notAfter, hasLeaf })
+	if n := testutil.CollectAndCount(m.reg, "meshlet_mtls_leaf_expiry_seconds"); n != 0 {
+		t.Errorf("%d leaf series before a leaf, want 0", n)
+	}
+	hasLeaf = true
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, met := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range met.GetLabel() {
+				key += " " + l.GetValue()
+			}
+			if c := met.GetCounter(); c != nil {
+				got[key] = c.GetValue()
+			} else if g := met.GetGauge(); g != nil {
+				got[key] = g.GetValue()
+			}
+		}
+	}
+	if got["meshlet_mtls_handshake_failures_total intentions"] != 2 || got["meshlet_mtls_handshake_failures_total tls"] != 1 {
+		t.Errorf("failures %v", got)
+	}
+	if left := got["meshlet_mtls_leaf_expiry_seconds"]; left < 3590 || left > 3600 {
+		t.Errorf("leaf expiry %v s, want about 3600", left)
+	}
+	var nilM *Metrics
+	nilM.HandshakeFailed("tls")
 }
