@@ -17,7 +17,6 @@ const (
 	DefaultDialTimeout        = 5 * time.Second
 	DefaultFirstAnswerTimeout = 5 * time.Second
 	DefaultWaitTime           = 5 * time.Minute
-	DefaultSniffTimeout       = 300 * time.Millisecond
 	DefaultRetryBase          = 250 * time.Millisecond
 	DefaultRetryMax           = 10 * time.Second
 	DefaultSettleTime         = 30 * time.Second
@@ -28,9 +27,10 @@ type Config struct {
 	// Consul is the client for the catalog and health watches. Required.
 	Consul *api.Client
 
-	// Dialer opens the connections to instances; the agent's carries the
-	// socket mark that keeps them out of the interception rules. Nil means
-	// a plain dialer with a DefaultDialTimeout timeout.
+	// Dialer opens the connections to instances (see Mesh.Dial, which
+	// every front-end uses); the agent's carries the socket mark that keeps
+	// them out of the interception rules. Nil means a plain dialer with a
+	// DefaultDialTimeout timeout.
 	Dialer *net.Dialer
 
 	// Logger receives the package's logs. Nil discards them.
@@ -43,11 +43,6 @@ type Config struct {
 
 	// WaitTime is the longest a blocking query waits for a change.
 	WaitTime time.Duration
-
-	// SniffTimeout is how long ServeConn waits for the app's first bytes to
-	// tell HTTP from other TCP. Protocols where the server speaks first send
-	// nothing, so they are proxied as TCP once it has passed.
-	SniffTimeout time.Duration
 
 	// RetryBackoff returns how long a watch waits before its next query
 	// after attempt consecutive failures (attempt starts at 1). Nil means
@@ -85,17 +80,7 @@ type Config struct {
 	// run); only failing requests take them out meanwhile. Zero means
 	// DefaultSettleTime, negative turns it off.
 	SettleTime time.Duration
-
-	// appCheck is how often the forwarder, while it waits on an instance,
-	// looks whether the app is still there (zero: defaultAppCheck). Tests
-	// shorten it.
-	appCheck time.Duration
 }
-
-// defaultAppCheck is the slice of the forwarder's waits on an instance:
-// how late it may notice that the app left, or that an instance it sends
-// a request body to answered instead of reading.
-const defaultAppCheck = time.Second
 
 // withDefaults checks cfg and fills in its zero values.
 func (cfg Config) withDefaults() (Config, error) {
@@ -109,7 +94,6 @@ func (cfg Config) withDefaults() (Config, error) {
 	}{
 		{"FirstAnswerTimeout", &cfg.FirstAnswerTimeout, DefaultFirstAnswerTimeout},
 		{"WaitTime", &cfg.WaitTime, DefaultWaitTime},
-		{"SniffTimeout", &cfg.SniffTimeout, DefaultSniffTimeout},
 		{"MaxStale", &cfg.MaxStale, 0},
 		{"SettleTime", &cfg.SettleTime, DefaultSettleTime},
 	} {
@@ -123,9 +107,6 @@ func (cfg Config) withDefaults() (Config, error) {
 		if *d.value == 0 {
 			*d.value = d.def
 		}
-	}
-	if cfg.appCheck <= 0 {
-		cfg.appCheck = defaultAppCheck
 	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{Timeout: DefaultDialTimeout}

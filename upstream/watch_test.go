@@ -1,4 +1,4 @@
-package upstream
+package upstream_test
 
 import (
 	"context"
@@ -6,14 +6,17 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/meshlet/meshlet/upstream"
+	"github.com/meshlet/meshlet/upstream/upstreamtest"
 )
 
 func TestCatalogIndexZeroIsNeverAWait(t *testing.T) {
-	fc := newFakeConsul(t)
-	fc.setCatalog(0, "web")
-	m := newTestMesh(t, fc, nil)
-	eventually(t, "a blocking catalog query", func() bool { return len(fc.indexesSent(catalogPath)) >= 2 })
-	sent := fc.indexesSent(catalogPath)
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.SetCatalog(0, "web")
+	m := upstreamtest.NewMesh(t, fc, nil)
+	upstreamtest.Eventually(t, "a blocking catalog query", func() bool { return len(fc.IndexesSent(upstreamtest.CatalogPath)) >= 2 })
+	sent := fc.IndexesSent(upstreamtest.CatalogPath)
 	if sent[0] != "" {
 		t.Errorf("first query sent index %q, want none", sent[0])
 	}
@@ -28,14 +31,14 @@ func TestCatalogIndexZeroIsNeverAWait(t *testing.T) {
 }
 
 func TestCatalogIndexGoingBackwardsRestartsTheWatch(t *testing.T) {
-	fc := newFakeConsul(t)
-	fc.setCatalog(10, "web")
-	m := newTestMesh(t, fc, nil)
-	eventually(t, "a query blocking on index 10", func() bool { return slices.Contains(fc.indexesSent(catalogPath), "10") })
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.SetCatalog(10, "web")
+	m := upstreamtest.NewMesh(t, fc, nil)
+	upstreamtest.Eventually(t, "a query blocking on index 10", func() bool { return slices.Contains(fc.IndexesSent(upstreamtest.CatalogPath), "10") })
 
-	fc.setCatalog(5, "web", "api")
-	eventually(t, "a query blocking on index 5", func() bool { return slices.Contains(fc.indexesSent(catalogPath), "5") })
-	sent := fc.indexesSent(catalogPath)
+	fc.SetCatalog(5, "web", "api")
+	upstreamtest.Eventually(t, "a query blocking on index 5", func() bool { return slices.Contains(fc.IndexesSent(upstreamtest.CatalogPath), "5") })
+	sent := fc.IndexesSent(upstreamtest.CatalogPath)
 	at5 := slices.Index(sent, "5")
 	if sent[at5-1] != "" {
 		t.Errorf("indexes sent = %q; want a non-blocking query between 10 and 5", sent)
@@ -46,12 +49,12 @@ func TestCatalogIndexGoingBackwardsRestartsTheWatch(t *testing.T) {
 }
 
 func TestCatalogReadiness(t *testing.T) {
-	fc := newFakeConsul(t)
-	fc.setFailing(catalogPath, true)
-	m := newTestMesh(t, fc, nil)
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.SetFailing(upstreamtest.CatalogPath, true)
+	m := upstreamtest.NewMesh(t, fc, nil)
 
-	eventually(t, "a failed catalog query", func() bool { return len(fc.indexesSent(catalogPath)) >= 1 })
-	eventually(t, "the failure as reason", func() bool {
+	upstreamtest.Eventually(t, "a failed catalog query", func() bool { return len(fc.IndexesSent(upstreamtest.CatalogPath)) >= 1 })
+	upstreamtest.Eventually(t, "the failure as reason", func() bool {
 		_, reason := m.CatalogReady()
 		return strings.Contains(reason, "500")
 	})
@@ -65,8 +68,8 @@ func TestCatalogReadiness(t *testing.T) {
 		t.Errorf("ServiceNames = %q before any answer, want nil", names)
 	}
 
-	fc.setCatalog(3, "Web", "api")
-	eventually(t, "catalog ready", func() bool { ok, _ := m.CatalogReady(); return ok })
+	fc.SetCatalog(3, "Web", "api")
+	upstreamtest.Eventually(t, "catalog ready", func() bool { ok, _ := m.CatalogReady(); return ok })
 	if names := m.ServiceNames(); !slices.Equal(names, []string{"api", "web"}) {
 		t.Errorf("ServiceNames = %q, want [api web]", names)
 	}
@@ -75,9 +78,9 @@ func TestCatalogReadiness(t *testing.T) {
 	}
 
 	// Consul failing again keeps the last good answer.
-	fc.setFailing(catalogPath, true)
-	before := len(fc.indexesSent(catalogPath))
-	eventually(t, "more failed queries", func() bool { return len(fc.indexesSent(catalogPath)) >= before+3 })
+	fc.SetFailing(upstreamtest.CatalogPath, true)
+	before := len(fc.IndexesSent(upstreamtest.CatalogPath))
+	upstreamtest.Eventually(t, "more failed queries", func() bool { return len(fc.IndexesSent(upstreamtest.CatalogPath)) >= before+3 })
 	if ok, err := m.ServiceExists("web"); !ok || err != nil {
 		t.Errorf("ServiceExists(web) during an outage = %v, %v; want the last answer", ok, err)
 	}
@@ -87,40 +90,40 @@ func TestCatalogReadiness(t *testing.T) {
 }
 
 func TestHealthKeepsLastGoodSetThroughErrorsAndWarnsOnce(t *testing.T) {
-	fc := newFakeConsul(t)
-	fc.setCatalog(1, "web")
-	fc.setHealth("web", 4, instance(t, "web", "a", "10.0.0.1:80"), instance(t, "web", "b", "10.0.0.2:80"))
-	logs := &levelCounter{}
-	m := newTestMesh(t, fc, func(c *Config) { c.Logger = slog.New(logs) })
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.SetCatalog(1, "web")
+	fc.SetHealth("web", 4, upstreamtest.Instance(t, "web", "a", "10.0.0.1:80"), upstreamtest.Instance(t, "web", "b", "10.0.0.2:80"))
+	logs := &upstreamtest.LevelCounter{}
+	m := upstreamtest.NewMesh(t, fc, func(c *upstream.Config) { c.Logger = slog.New(logs) })
 	m.Watch("web")
-	eventually(t, "two endpoints", func() bool { return len(m.Endpoints("web")) == 2 })
+	upstreamtest.Eventually(t, "two endpoints", func() bool { return len(m.Endpoints("web")) == 2 })
 
-	fc.setFailing(healthPath("web"), true)
-	before := len(fc.indexesSent(healthPath("web")))
-	eventually(t, "several failed queries", func() bool { return len(fc.indexesSent(healthPath("web"))) >= before+5 })
+	fc.SetFailing(upstreamtest.HealthPath("web"), true)
+	before := len(fc.IndexesSent(upstreamtest.HealthPath("web")))
+	upstreamtest.Eventually(t, "several failed queries", func() bool { return len(fc.IndexesSent(upstreamtest.HealthPath("web"))) >= before+5 })
 	if got := m.Endpoints("web"); len(got) != 2 {
 		t.Errorf("endpoints during errors = %v, want the last good two", got)
 	}
-	if got := logs.count(slog.LevelWarn); got != 1 {
+	if got := logs.Count(slog.LevelWarn); got != 1 {
 		t.Errorf("warnings in one failure streak = %d, want 1", got)
 	}
 
-	fc.setHealth("web", 9, instance(t, "web", "c", "10.0.0.3:8080"))
-	eventually(t, "the new set", func() bool {
+	fc.SetHealth("web", 9, upstreamtest.Instance(t, "web", "c", "10.0.0.3:8080"))
+	upstreamtest.Eventually(t, "the new set", func() bool {
 		got := m.Endpoints("web")
 		return len(got) == 1 && got[0].Addr == "10.0.0.3:8080" && got[0].ID == "c"
 	})
 
 	// A new streak warns again.
-	fc.setFailing(healthPath("web"), true)
-	eventually(t, "a second warning", func() bool { return logs.count(slog.LevelWarn) == 2 })
+	fc.SetFailing(upstreamtest.HealthPath("web"), true)
+	upstreamtest.Eventually(t, "a second warning", func() bool { return logs.Count(slog.LevelWarn) == 2 })
 }
 
 func TestWatchBeforeRunStartsWithRun(t *testing.T) {
-	fc := newFakeConsul(t)
-	fc.setCatalog(1, "web")
-	fc.setHealth("web", 2, instance(t, "web", "a", "10.0.0.1:80"))
-	m, err := New(Config{Consul: fc.client(t), Logger: testLogger(t)})
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.SetCatalog(1, "web")
+	fc.SetHealth("web", 2, upstreamtest.Instance(t, "web", "a", "10.0.0.1:80"))
+	m, err := upstream.New(upstream.Config{Consul: fc.Client(t), Logger: upstreamtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +136,7 @@ func TestWatchBeforeRunStartsWithRun(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); m.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, "the endpoint", func() bool { return len(m.Endpoints("WEB")) == 1 })
+	upstreamtest.Eventually(t, "the endpoint", func() bool { return len(m.Endpoints("WEB")) == 1 })
 	if got := m.Endpoints("db"); got != nil {
 		t.Errorf("endpoints of an unwatched service = %v, want nil", got)
 	}
