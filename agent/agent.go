@@ -78,9 +78,14 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	if err != nil {
 		return fmt.Errorf("--consul: %w", err)
 	}
+	instanceDialer := *dialer
+	instanceDialer.Timeout = cfg.ConnectTimeout
+	if instanceDialer.Timeout <= 0 {
+		instanceDialer.Timeout = upstream.DefaultDialTimeout
+	}
 	a.mesh, err = upstream.New(upstream.Config{
 		Consul:    consul,
-		Dialer:    dialer,
+		Dialer:    &instanceDialer,
 		Logger:    log.With("part", "upstream"),
 		Overrides: cfg.Policy,
 		StickyKey: []byte(cfg.StickyKey),

@@ -50,6 +50,8 @@ type Config struct {
 	// MaxStale bounds how long meshlet routes on the last good instances
 	// while Consul does not answer; 0: no limit.
 	MaxStale time.Duration
+	// ConnectTimeout bounds a connection to an instance.
+	ConnectTimeout time.Duration
 
 	// Services and Advertise come from the registrator-style SERVICE_*
 	// variables through LoadRegistration, not from flags. No services: a
@@ -203,6 +205,15 @@ func settings(consulDefault string) []setting {
 					return fmt.Errorf("%q is not a duration such as 10m, or 0", v)
 				}
 				c.MaxStale = d
+				return nil
+			}},
+		{"connect-timeout", "MESHLET_CONNECT_TIMEOUT", upstream.DefaultDialTimeout.String(), "how long a connection to an instance may take to be made; the first that takes longer ejects the instance until it accepts connections again",
+			func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d <= 0 {
+					return fmt.Errorf("%q is not a positive duration such as 2s", v)
+				}
+				c.ConnectTimeout = d
 				return nil
 			}},
 		{"log-level", "MESHLET_LOG_LEVEL", "info", "debug, info, warn or error",

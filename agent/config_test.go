@@ -32,12 +32,13 @@ func TestParseConfigDefaults(t *testing.T) {
 		LogFormat:      "text",
 		AdvertiseAddr:  "{{ GetPrivateIP }}",
 		DrainPeriod:    5 * time.Second,
+		ConnectTimeout: 2 * time.Second,
 	}
 	if c.Consul != want.Consul || strings.Join(c.Suffixes, ",") != strings.Join(want.Suffixes, ",") ||
 		c.VIPCIDR != want.VIPCIDR || c.DNSListen != want.DNSListen || c.OutboundListen != want.OutboundListen ||
 		c.AdminListen != want.AdminListen || c.ResolvConf != want.ResolvConf || c.Intercept != want.Intercept ||
 		c.Mark != want.Mark || c.ExcludeUID != want.ExcludeUID || c.DrainTimeout != want.DrainTimeout || c.LogFormat != want.LogFormat ||
-		c.AdvertiseAddr != want.AdvertiseAddr || c.DrainPeriod != want.DrainPeriod || c.Services != nil {
+		c.AdvertiseAddr != want.AdvertiseAddr || c.DrainPeriod != want.DrainPeriod || c.ConnectTimeout != want.ConnectTimeout || c.Services != nil {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
 	}
 }

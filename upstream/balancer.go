@@ -14,8 +14,16 @@ import (
 //
 // Each service gets its own selectors, so a policy's state (a counter) is
 // per service. Weights come from Consul (Weights.Passing) through the set.
+//
+// Retry picks for an attempt that failed: among the instances usable
+// reports (the caller leaves out those tried), without taking a turn from
+// the fresh requests. A retry that moved a shared counter would hand the
+// next fresh request the turn of the instance that just failed: with two
+// instances, one of them failing, nearly every request would meet the
+// failing one first and spend the retry budget twice as fast.
 type Selector interface {
 	Select(set *EndpointSet, usable func(i int) bool) (i int, ok bool)
+	Retry(set *EndpointSet, usable func(i int) bool) (i int, ok bool)
 }
 
 // RoundRobin hands out the endpoints of a set in turn, each as often as
@@ -42,7 +50,25 @@ func (rr *RoundRobin) Select(set *EndpointSet, usable func(int) bool) (int, bool
 	if set.order != nil {
 		seq = uint64(len(set.order))
 	}
-	start := rr.next.Add(1) - 1
+	return rr.walk(set, seq, rr.next.Add(1)-1, usable)
+}
+
+// Retry implements [Selector]: it walks from the turn the next fresh
+// request will take, and leaves the counter alone.
+func (rr *RoundRobin) Retry(set *EndpointSet, usable func(int) bool) (int, bool) {
+	n := set.Len()
+	if n == 0 {
+		return -1, false
+	}
+	seq := uint64(n)
+	if set.order != nil {
+		seq = uint64(len(set.order))
+	}
+	return rr.walk(set, seq, rr.next.Load(), usable)
+}
+
+// walk returns the first usable endpoint of the sequence from start on.
+func (rr *RoundRobin) walk(set *EndpointSet, seq, start uint64, usable func(int) bool) (int, bool) {
 	for k := range seq {
 		pos := (start + k) % seq
 		i := int(pos)
@@ -57,9 +83,10 @@ func (rr *RoundRobin) Select(set *EndpointSet, usable func(int) bool) (int, bool
 }
 
 // LeastRequest picks two usable endpoints at random (by weight) and takes
-// the one with fewer requests in flight per unit of weight: the "power of
-// two choices", which avoids the herd that a plain least-request causes
-// when many sidecars see the same counts.
+// the one with fewer requests in flight per unit of weight, or on a tie
+// the one whose answers came faster lately: the "power of two choices",
+// which avoids the herd that a plain least-request causes when many
+// sidecars see the same counts.
 type LeastRequest struct{}
 
 // Select implements [Selector].
@@ -82,11 +109,23 @@ func (LeastRequest) Select(set *EndpointSet, usable func(int) bool) (int, bool) 
 	b := randomByWeight(set, cands, a)
 	wa, wb := int64(set.endpoints[a].Weight), int64(set.endpoints[b].Weight)
 	// (active+1)/weight: the load each would have with this request, per
-	// unit of weight, compared without division.
-	if (set.hosts[b].active.Load()+1)*max(wa, 1) < (set.hosts[a].active.Load()+1)*max(wb, 1) {
+	// unit of weight, compared without division. On a tie the one that has
+	// been answering faster wins: with fast instances each holding a
+	// request as often as not, a slow one would otherwise win half of its
+	// ties and get far more than its share.
+	la := (set.hosts[a].active.Load() + 1) * max(wb, 1)
+	lb := (set.hosts[b].active.Load() + 1) * max(wa, 1)
+	if lb < la || (lb == la && set.hosts[b].latency.Load() < set.hosts[a].latency.Load()) {
 		return b, true
 	}
 	return a, true
+}
+
+// Retry implements [Selector]: the same two choices among the instances
+// not tried yet. Least-request keeps no turn to protect; the failed
+// instance is left out by usable, and its in-flight count has dropped.
+func (lr LeastRequest) Retry(set *EndpointSet, usable func(int) bool) (int, bool) {
+	return lr.Select(set, usable)
 }
 
 // randomByWeight picks one of cands other than not, with probability

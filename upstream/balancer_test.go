@@ -205,3 +205,23 @@ func BenchmarkLeastRequestPick(b *testing.B) {
 		}
 	})
 }
+
+func TestRoundRobinRetryLeavesTheTurns(t *testing.T) {
+	set := newEndpointSet(endpointsN(3))
+	rr := NewRoundRobin()
+	var fresh []int
+	for range 6 {
+		i, _ := rr.Select(set, nil)
+		fresh = append(fresh, i)
+		// The retry of a failed attempt: any instance but the one tried.
+		if j, ok := rr.Retry(set, func(j int) bool { return j != i }); !ok || j == i {
+			t.Fatalf("retry after %d picked %d %v, want another instance", i, j, ok)
+		}
+	}
+	if want := []int{0, 1, 2, 0, 1, 2}; !slices.Equal(fresh, want) {
+		t.Errorf("fresh picks with retries between them = %v, want %v", fresh, want)
+	}
+	if _, ok := rr.Retry(newEndpointSet(nil), nil); ok {
+		t.Error("retry picked from an empty set")
+	}
+}

@@ -25,7 +25,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.FirstAnswerTimeout != 5*time.Second || cfg.WaitTime != 5*time.Minute ||
-		cfg.Dialer == nil || cfg.Dialer.Timeout != 5*time.Second || cfg.Logger == nil || cfg.RetryBackoff == nil ||
+		cfg.Dialer == nil || cfg.Dialer.Timeout != 2*time.Second || cfg.Logger == nil || cfg.RetryBackoff == nil ||
 		cfg.SettleTime != 30*time.Second || cfg.MaxStale != 0 {
 		t.Errorf("defaults = %+v", cfg)
 	}

@@ -12,14 +12,23 @@ import (
 // ejection). Selectors ask it one question: available.
 type hostState struct {
 	active       atomic.Int64
+	latency      atomic.Int64 // moving average of the time to an answer head, ns; 0: none yet
 	failures     atomic.Int64 // consecutive
 	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
+	probing      atomic.Bool  // a probe keeps it out until it accepts a connection (unreachable.go)
+	connecting   atomic.Int64 // unix ns when a connect to it began that has not ended; 0: none
+	gone         atomic.Bool  // forgotten by its registry: a probe of it stops
 }
 
-// available reports whether the instance is not ejected at now.
+// available reports whether the instance is not ejected at now, and not
+// suspect: a connect to it pending for longer than slowConnect.
 func (h *hostState) available(now int64) bool {
-	return h.ejectedUntil.Load() <= now
+	if h.ejectedUntil.Load() > now {
+		return false
+	}
+	c := h.connecting.Load()
+	return c == 0 || now-c < int64(slowConnect)
 }
 
 // succeeded resets the failure streak. An instance that has served well
@@ -36,6 +45,18 @@ func (h *hostState) succeeded(now int64, p *Policy) {
 	}
 }
 
+// answeredIn folds the time an answer head took into the instance's
+// moving average (weight 1/8; racing updates may lose a sample, which an
+// average can afford).
+func (h *hostState) answeredIn(d int64) {
+	old := h.latency.Load()
+	if old == 0 {
+		h.latency.Store(max(d, 1))
+		return
+	}
+	h.latency.Store(max(old+(d-old)/8, 1))
+}
+
 // maxEjectionFactor caps the multiplication of the ejection time.
 const maxEjectionFactor = 10
 
@@ -49,6 +70,14 @@ func (s *EndpointSet) failed(i int, now time.Time, p *Policy) (time.Duration, bo
 	if p.EjectAfter <= 0 || n < int64(p.EjectAfter) {
 		return 0, false
 	}
+	return s.eject(i, now, p)
+}
+
+// eject takes host i of set out now, for the policy's ejection time times
+// the ejections in a row, unless that would eject more than
+// p.EjectMaxShare of the set or leave none of it available.
+func (s *EndpointSet) eject(i int, now time.Time, p *Policy) (time.Duration, bool) {
+	h := s.hosts[i]
 	s.ejectMu.Lock()
 	defer s.ejectMu.Unlock()
 	nowNs := now.UnixNano()
@@ -118,6 +147,7 @@ func (r *hostRegistry) keep(keep map[string]bool) {
 	defer r.mu.Unlock()
 	for k := range r.hosts {
 		if !keep[k] {
+			r.hosts[k].gone.Store(true)
 			delete(r.hosts, k)
 		}
 	}

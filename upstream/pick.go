@@ -102,6 +102,16 @@ func (f InFlight) Add(n int64) { f.h.active.Add(n) }
 // InFlight is the in-flight count of the current attempt's instance.
 func (p *Pick) InFlight() InFlight { return InFlight{p.set.hosts[p.idx]} }
 
+// ConnectBegins says that a connection to the current attempt's instance
+// is being made from now on, so that one pending too long turns new
+// requests away from the instance (unreachable.go); ConnectEnded says
+// that the dial returned. A front-end calls both around every dial of
+// Dial it makes for the pick.
+func (p *Pick) ConnectBegins(now time.Time) { p.set.hosts[p.idx].connectBegins(now.UnixNano()) }
+
+// ConnectEnded: see ConnectBegins.
+func (p *Pick) ConnectEnded() { p.set.hosts[p.idx].connectEnded() }
+
 // CookieFinder calls found with each sticky cookie value of a request
 // called name, in order, until found returns true (see StickyCookieLine).
 type CookieFinder func(name string, found func(StickyID) bool)
@@ -118,6 +128,10 @@ func (e *InstanceError) Unwrap() error { return e.Err }
 // ErrTryTimeout is the cause of an attempt that ran out of its try timeout.
 var ErrTryTimeout = errors.New("no response within the try timeout")
 
+// ErrRequestTimeout is the cause of an attempt cut by the request's own
+// timeout (Policy.Timeout).
+var ErrRequestTimeout = errors.New("the request's timeout passed")
+
 // dialError marks an error of the dial to an instance: the request never
 // reached it, so it may go to another one.
 type dialError struct {
@@ -127,6 +141,11 @@ type dialError struct {
 
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
+
+// DialFailure marks err as the failure of a dial to the instance at addr
+// (as Dial's failures are): nothing reached the instance. A front-end
+// whose own deadline ended a dial reports it so.
+func DialFailure(addr string, err error) error { return &dialError{addr: addr, err: err} }
 
 // Dial opens a connection to the instance address addr (as
 // Endpoint.Addr) the way the mesh reaches instances (today a plain TCP
@@ -254,36 +273,54 @@ func (p *Pick) availableNow() func(int) bool {
 	return p.avail
 }
 
-// Failed counts a failure of the pick's current instance for passive
-// health: an attempt that failed after the instance began to answer, and
-// is therefore not Retry's to count.
-func (m *Mesh) Failed(p *Pick) { m.pickFailed(p, time.Now()) }
+// Failed counts a failure (err) of the pick's current instance for
+// passive health: an attempt that failed after the instance began to
+// answer, and is therefore not Retry's to count.
+func (m *Mesh) Failed(p *Pick, err error) { m.pickFailed(p, time.Now(), err) }
 
-// pickFailed counts a failure of the pick's current instance.
-func (m *Mesh) pickFailed(p *Pick, now time.Time) {
-	m.instanceFailed(p.target.watch.name, p.set, p.idx, now, p.policy)
+// pickFailed counts a failure (err) of the pick's current instance.
+func (m *Mesh) pickFailed(p *Pick, now time.Time, err error) {
+	m.instanceFailed(p.target.watch, p.set, p.idx, now, p.policy, err)
 }
 
-// instanceFailed counts a failure of instance i of set for passive health
-// (HTTP requests and raw connections alike), and logs an ejection.
-func (m *Mesh) instanceFailed(service string, set *EndpointSet, i int, now time.Time, policy *Policy) {
+// instanceFailed counts a failure (err) of instance i of set for passive
+// health (HTTP requests and raw connections alike), and logs an ejection.
+// A connect timeout ejects at once (unreachable.go).
+func (m *Mesh) instanceFailed(w *serviceWatch, set *EndpointSet, i int, now time.Time, policy *Policy, err error) {
+	if connectTimedOut(err) {
+		if n, ok := w.logs.connect.allow(now); ok {
+			m.log.Warn("instance connect timed out", "service", w.name, "instance", set.At(i).Addr,
+				"err", OneLine(err.Error()), "suppressed", n)
+		}
+		m.unreachable(w.name, set, i, now, policy, &w.logs)
+		return
+	}
 	if d, ejected := set.failed(i, now, policy); ejected {
-		e := set.At(i)
-		m.log.Warn("ejecting instance after consecutive failures", "service", service,
-			"instance", e.Addr, "id", e.ID, "for", d)
+		if n, ok := w.logs.eject.allow(now); ok {
+			e := set.At(i)
+			m.log.Warn("ejecting instance after consecutive failures", "service", w.name,
+				"instance", e.Addr, "id", e.ID, "for", d, "suppressed", n)
+		}
 	}
 }
 
 // Answered counts the answer head of the pick's current instance for
-// passive health: a 5xx is a failure when the policy says so. A raw TCP
-// connection made counts as status 0: a success.
+// passive health (a 5xx is a failure when the policy says so) and for
+// its time to answer.
 func (m *Mesh) Answered(p *Pick, status int) {
 	now := time.Now()
+	p.set.hosts[p.idx].answeredIn(now.UnixNano() - p.now)
 	if status >= 500 && p.policy.Eject5xx {
-		m.pickFailed(p, now)
+		m.pickFailed(p, now, nil)
 	} else {
 		p.set.hosts[p.idx].succeeded(now.UnixNano(), p.policy)
 	}
+}
+
+// Connected counts a connection made to the pick's current instance (raw
+// TCP, where no answer is seen) as a success for passive health.
+func (m *Mesh) Connected(p *Pick) {
+	p.set.hosts[p.idx].succeeded(time.Now().UnixNano(), p.policy)
 }
 
 // Retry decides whether an attempt that failed with err before any
@@ -294,16 +331,17 @@ func (m *Mesh) Answered(p *Pick, status int) {
 // the service's retry budget allow and an untried, non-ejected instance
 // is left. It counts the failure. The caller has checked that the app is
 // still there and the request's own timeout has not passed. replayable
-// says whether the whole request body could be sent again.
+// says whether the whole request body could be sent again; method is ""
+// for a raw connection, whose only retryable failure is a dial's.
 func (m *Mesh) Retry(p *Pick, method string, replayable bool, err error, attempt int) bool {
 	now := time.Now()
-	m.pickFailed(p, now)
+	m.pickFailed(p, now, err)
 	if attempt >= p.policy.Retries || !retryable(err, method) || !replayable {
 		return false
 	}
 	nowNs := now.UnixNano()
 	w := p.target.watch
-	next, ok := w.selector(p.policy).Select(p.set, func(i int) bool {
+	next, ok := w.selector(p.policy).Retry(p.set, func(i int) bool {
 		return p.set.available(i, nowNs) && !slices.Contains(p.tried, i)
 	})
 	if !ok {
@@ -317,8 +355,15 @@ func (m *Mesh) Retry(p *Pick, method string, replayable bool, err error, attempt
 		}
 		return false
 	}
-	m.log.Debug("retrying on another instance", "service", w.name, "method", method,
-		"failed", p.Endpoint().Addr, "next", p.set.At(next).Addr, "err", err)
+	if n, ok := w.logs.retry.allow(now); ok {
+		if method == "" {
+			m.log.Info("retrying a connection on another instance", "service", w.name,
+				"instance", p.Endpoint().Addr, "next", p.set.At(next).Addr, "reason", OneLine(err.Error()), "suppressed", n)
+		} else {
+			m.log.Info("retrying on another instance", "service", w.name, "method", method,
+				"instance", p.Endpoint().Addr, "next", p.set.At(next).Addr, "reason", OneLine(err.Error()), "suppressed", n)
+		}
+	}
 	p.idx = next
 	p.tried = append(p.tried, next)
 	return true

@@ -27,6 +27,7 @@ type serviceWatch struct {
 	view   atomic.Pointer[serviceView]
 	budget retryBudget
 	hosts  hostRegistry
+	logs   serviceLogs
 
 	// answered is closed once requests need not wait for Consul: at its
 	// first answer, or at its first failure when the state file gave a view.

@@ -289,7 +289,7 @@ func idempotent(method string) bool {
 }
 
 // errRequestTimeout is an attempt cut by the request's own timeout.
-var errRequestTimeout = errors.New("the request's timeout passed")
+var errRequestTimeout = upstream.ErrRequestTimeout
 
 // forward proxies the parsed request and reports whether the connection
 // goes on with the next one.
@@ -375,7 +375,7 @@ func (s *h1conn) forward() bool {
 			continue
 		}
 		if !timedOut && res.gotBytes {
-			m.Failed(p)
+			m.Failed(p, err)
 		}
 		status, code, msg := m.FailureAnswer(p, &upstream.InstanceError{Addr: p.Endpoint().Addr, Err: err}, timedOut)
 		return s.answer(status, code, msg, closeApp || !s.body.done())
@@ -430,9 +430,14 @@ func (s *h1conn) try(p *upstream.Pick, deadline time.Time, fresh bool, method st
 	}
 	if uc == nil {
 		var err error
-		if uc, err = f.upPools.open(s.ctx, e.Addr, tryDeadline); err != nil {
+		p.ConnectBegins(now)
+		uc, err = f.upPools.open(s.ctx, e.Addr, tryDeadline)
+		p.ConnectEnded()
+		if err != nil {
 			if !tryDeadline.IsZero() && !time.Now().Before(tryDeadline) {
-				err = s.timeoutCause(os.ErrDeadlineExceeded, deadline) // the dial used up the time
+				// The dial used up the time; still a dial, that never
+				// reached the instance.
+				err = upstream.DialFailure(e.Addr, s.timeoutCause(os.ErrDeadlineExceeded, deadline))
 			}
 			res.err = err
 			return res

@@ -44,9 +44,9 @@ func TestRetryOnlyWhenSafe(t *testing.T) {
 		t.Run(tc.method, func(t *testing.T) {
 			rst, seen := resetter(t)
 			good := upstreamtest.BodyEcho(t, "good")
-			// eject-after 0: the resetting instance stays in. A retry takes
-			// round-robin's next turn, so with a retry every request meets
-			// the resetting instance first; without, every other one does.
+			// eject-after 0: the resetting instance stays in. A retry does
+			// not take round-robin's turn, so with or without retries every
+			// other request meets the resetting instance first.
 			_, _, front := webMesh(t, nil,
 				upstreamtest.WithMeta(upstreamtest.Instance(t, "web", "a-rst", rst), "meshlet-eject-after", "0"),
 				upstreamtest.WithMeta(upstreamtest.Instance(t, "web", "b-good", upstreamtest.AddrOf(good)), "meshlet-eject-after", "0"))
@@ -61,12 +61,41 @@ func TestRetryOnlyWhenSafe(t *testing.T) {
 					t.Errorf("request %d met the reset: %d %q, want a 502 %s and no retry", i, status, h.Get("X-Meshlet-Error"), upstream.ErrCodeFailed)
 				}
 			}
-			want := int64(2)
-			if tc.wantRetried {
-				want = 4
-			}
-			if got := seen.Load(); got != want {
+			if got, want := seen.Load(), int64(2); got != want {
 				t.Errorf("the resetting instance saw %d requests, want %d (never one twice)", got, want)
+			}
+		})
+	}
+}
+
+// TestRetryDoesNotTakeAFreshRequestsTurn is the regression test of 29
+// of 30 fresh GETs meeting the failing one of two instances first: the
+// retry's pick moved the counter that fresh requests use.
+func TestRetryDoesNotTakeAFreshRequestsTurn(t *testing.T) {
+	for _, balance := range []string{"round-robin", "least-request"} {
+		t.Run(balance, func(t *testing.T) {
+			closer, seen := resetter(t)
+			good := upstreamtest.BodyEcho(t, "good")
+			meta := []string{"meshlet-eject-after", "0", "meshlet-balance", balance}
+			_, _, front := webMesh(t, nil, upstreamtest.WithMeta(upstreamtest.Instance(t, "web", "a-closes", closer), meta...),
+				upstreamtest.WithMeta(upstreamtest.Instance(t, "web", "b-good", upstreamtest.AddrOf(good)), meta...))
+			c := upstreamtest.Client(front)
+			const requests = 30
+			for i := range requests {
+				if status, _, h := upstreamtest.Do(t, c, http.MethodGet, ""); status != http.StatusOK || h.Get("X-Instance") != "good" {
+					t.Fatalf("request %d: %d from %q, want 200 from good", i, status, h.Get("X-Instance"))
+				}
+			}
+			got := seen.Load()
+			switch balance {
+			case "round-robin": // strictly every other fresh request
+				if got != requests/2 {
+					t.Errorf("the failing instance was tried first by %d of %d fresh requests, want %d", got, requests, requests/2)
+				}
+			case "least-request": // two random choices, both idle: a coin toss each
+				if got < 5 || got > 25 {
+					t.Errorf("the failing instance was tried first by %d of %d fresh requests, want about half", got, requests)
+				}
 			}
 		})
 	}
@@ -97,9 +126,10 @@ func TestRetryBudgetStopsRetries(t *testing.T) {
 	_, _, front := webMesh(t, nil, upstreamtest.WithMeta(upstreamtest.Instance(t, "web", "a", rst), meta...), upstreamtest.WithMeta(upstreamtest.Instance(t, "web", "b", upstreamtest.AddrOf(good)), meta...))
 	c := upstreamtest.Client(front)
 	ok, failed := 0, 0
-	// Every request meets the resetting instance first (a retry takes
-	// round-robin's next turn); the bucket holds upstream.RetryBudgetBurst retries.
-	for range upstream.RetryBudgetBurst + 5 {
+	// Every other request meets the resetting instance first (a retry
+	// does not take round-robin's turn); the bucket holds upstream.RetryBudgetBurst
+	// retries.
+	for range 2 * (upstream.RetryBudgetBurst + 5) {
 		status, body, _ := upstreamtest.Do(t, c, http.MethodGet, "")
 		switch {
 		case status == http.StatusOK:
@@ -110,8 +140,8 @@ func TestRetryBudgetStopsRetries(t *testing.T) {
 			t.Fatalf("unexpected answer %d %q", status, body)
 		}
 	}
-	if failed != 5 || ok != upstream.RetryBudgetBurst {
-		t.Errorf("%d ok, %d refused for want of budget; want %d and 5", ok, failed, upstream.RetryBudgetBurst)
+	if failed != 5 || ok != 2*upstream.RetryBudgetBurst+5 {
+		t.Errorf("%d ok, %d refused for want of budget; want %d and 5", ok, failed, 2*upstream.RetryBudgetBurst+5)
 	}
 }
 
@@ -230,6 +260,7 @@ func TestLeastRequestSendsLessToASlowInstance(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	t.Logf("requests per instance: %v", counts)
 	if counts["slow"]*5 > counts["f1"] || counts["slow"]*5 > counts["f2"] {
 		t.Errorf("requests = %v; want the slow instance to get a fifth or less of a fast one's", counts)
 	}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/meshlet/meshlet/upstream"
 	"github.com/meshlet/meshlet/upstream/internal/frontend"
@@ -50,9 +51,11 @@ func (x *Proxy) dialAny(ctx context.Context, t *upstream.Target) (net.Conn, upst
 	var errs []error
 	for attempt := 0; ; attempt++ {
 		e := p.Endpoint()
+		p.ConnectBegins(time.Now())
 		c, err := x.mesh.Dial(ctx, e.Addr)
+		p.ConnectEnded()
 		if err == nil {
-			x.mesh.Answered(p, 0)
+			x.mesh.Connected(p)
 			return c, e, p.InFlight(), nil
 		}
 		errs = append(errs, fmt.Errorf("instance %s: %w", e.Addr, err))
