@@ -92,6 +92,8 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		StateDir:  cfg.StateDir,
 		StateID:   cfg.Consul, // state is per Consul cluster
 		MaxStale:  cfg.MaxStale,
+		// X-Forwarded-For: the app's own address, not loopback.
+		ClientAddr: clientAddr(cfg, log.With("part", "upstream")),
 	})
 	var stateErr *upstream.StateDirError
 	if errors.As(err, &stateErr) {

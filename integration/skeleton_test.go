@@ -96,7 +96,7 @@ func TestRequestsSpreadOverInstances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"X-Seen-Host: web.local", "X-Seen-Forwarded-For: 127.0.0.1", "X-Seen-Forwarded-Host: web.local", "X-Seen-Forwarded-Proto: http"} {
+	for _, want := range []string{"X-Seen-Host: web.local", "X-Seen-Forwarded-For: " + w.App.IP.String(), "X-Seen-Forwarded-Host: web.local", "X-Seen-Forwarded-Proto: http"} {
 		if !strings.Contains(headers, want) {
 			t.Errorf("instance did not see %q; response headers:\n%s", want, headers)
 		}

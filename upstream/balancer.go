@@ -3,6 +3,7 @@ package upstream
 import (
 	"math/rand/v2"
 	"sync/atomic"
+	"time"
 )
 
 // Selector picks the instance for a request or connection. Select returns
@@ -84,7 +85,7 @@ func (rr *RoundRobin) walk(set *EndpointSet, seq, start uint64, usable func(int)
 
 // LeastRequest picks two usable endpoints at random (by weight) and takes
 // the one with fewer requests in flight per unit of weight, or on a tie
-// the one whose answers came faster lately: the "power of two choices",
+// one whose answers came clearly faster lately: the "power of two choices",
 // which avoids the herd that a plain least-request causes when many
 // sidecars see the same counts.
 type LeastRequest struct{}
@@ -109,13 +110,15 @@ func (LeastRequest) Select(set *EndpointSet, usable func(int) bool) (int, bool) 
 	b := randomByWeight(set, cands, a)
 	wa, wb := int64(set.endpoints[a].Weight), int64(set.endpoints[b].Weight)
 	// (active+1)/weight: the load each would have with this request, per
-	// unit of weight, compared without division. On a tie the one that has
-	// been answering faster wins: with fast instances each holding a
-	// request as often as not, a slow one would otherwise win half of its
-	// ties and get far more than its share.
-	la := (set.hosts[a].active.Load() + 1) * max(wb, 1)
-	lb := (set.hosts[b].active.Load() + 1) * max(wa, 1)
-	if lb < la || (lb == la && set.hosts[b].latency.Load() < set.hosts[a].latency.Load()) {
+	// unit of weight, compared without division. On a tie, one that has
+	// lately been answering in under half the time of the other wins:
+	// with fast instances each holding a request as often as not, a slow
+	// one would otherwise win half of its ties and get far more than its
+	// share. Instances alike stay a coin toss, so idle traffic spreads.
+	ha, hb := set.hosts[a], set.hosts[b]
+	la := (ha.active.Load() + 1) * max(wb, 1)
+	lb := (hb.active.Load() + 1) * max(wa, 1)
+	if lb < la || (lb == la && clearlyFaster(hb, ha, time.Now().UnixNano())) {
 		return b, true
 	}
 	return a, true

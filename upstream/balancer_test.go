@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 func endpointsN(n int) []Endpoint {
@@ -223,5 +224,39 @@ func TestRoundRobinRetryLeavesTheTurns(t *testing.T) {
 	}
 	if _, ok := rr.Retry(newEndpointSet(nil), nil); ok {
 		t.Error("retry picked from an empty set")
+	}
+}
+
+func TestLeastRequestTies(t *testing.T) {
+	now := time.Now().UnixNano()
+	for _, tc := range []struct {
+		name       string
+		slow, fast time.Duration // moving averages of instance 0 and 1
+		age        time.Duration // how old both samples are
+		wantSpread bool
+	}{
+		{"clearly faster wins every tie", 100 * time.Millisecond, time.Millisecond, 0, false},
+		{"alike instances stay a coin toss", 2 * time.Millisecond, 1500 * time.Microsecond, 0, true},
+		{"unmeasured instances stay a coin toss", 0, time.Millisecond, 0, true},
+		{"stale measures stay a coin toss", 100 * time.Millisecond, time.Millisecond, latencyFresh + time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			set := newEndpointSet(endpointsN(2))
+			for i, d := range []time.Duration{tc.slow, tc.fast} {
+				set.hosts[i].latency.Store(int64(d))
+				set.hosts[i].latencyAt.Store(now - int64(tc.age))
+			}
+			got := map[int]int{}
+			for range 200 {
+				i, _ := LeastRequest{}.Select(set, nil)
+				got[i]++
+			}
+			if spread := got[0] > 0 && got[1] > 0; spread != tc.wantSpread {
+				t.Errorf("picks = %v, want spread %v", got, tc.wantSpread)
+			}
+			if !tc.wantSpread && got[1] != 200 {
+				t.Errorf("picks = %v, want all on the faster instance 1", got)
+			}
+		})
 	}
 }

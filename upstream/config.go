@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -84,6 +85,17 @@ type Config struct {
 	// run); only failing requests take them out meanwhile. Zero means
 	// DefaultSettleTime, negative turns it off.
 	SettleTime time.Duration
+
+	// ClientAddr is the app's own address, which X-Forwarded-For names
+	// for requests that come over loopback: the app dials a loopback VIP,
+	// so the address meshlet sees is 127.0.0.1, which tells an instance
+	// nothing. The agent sets the address the app is registered with, or
+	// else the namespace's primary address. The zero value keeps the
+	// address the connection came from (see Mesh.AppendClientIP).
+	ClientAddr netip.Addr
+
+	// clientXFF is ClientAddr as X-Forwarded-For writes it, made once.
+	clientXFF string
 }
 
 // withDefaults checks cfg and fills in its zero values.
@@ -111,6 +123,10 @@ func (cfg Config) withDefaults() (Config, error) {
 		if *d.value == 0 {
 			*d.value = d.def
 		}
+	}
+	cfg.clientXFF = ""
+	if cfg.ClientAddr.IsValid() {
+		cfg.clientXFF = cfg.ClientAddr.Unmap().WithZone("").String()
 	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{Timeout: DefaultDialTimeout}

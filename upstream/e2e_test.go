@@ -24,7 +24,7 @@ func webMesh(t testing.TB, tweak func(*upstream.Config), instances ...*api.Servi
 	fc.SetCatalog(1, "web")
 	fc.SetHealth("web", 7, instances...)
 	m := upstreamtest.NewMesh(t, fc, tweak)
-	d, err := outbound.New(m, outbound.Config{SniffTimeout: 100 * time.Millisecond})
+	d, err := outbound.New(m, outbound.Config{SniffTimeout: 2 * time.Second}) // never raw TCP on a loaded machine
 	if err != nil {
 		t.Fatalf("outbound.New: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 type hostState struct {
 	active       atomic.Int64
 	latency      atomic.Int64 // moving average of the time to an answer head, ns; 0: none yet
+	latencyAt    atomic.Int64 // unix ns of its last sample
 	failures     atomic.Int64 // consecutive
 	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
@@ -45,16 +46,32 @@ func (h *hostState) succeeded(now int64, p *Policy) {
 	}
 }
 
-// answeredIn folds the time an answer head took into the instance's
-// moving average (weight 1/8; racing updates may lose a sample, which an
-// average can afford).
-func (h *hostState) answeredIn(d int64) {
-	old := h.latency.Load()
-	if old == 0 {
-		h.latency.Store(max(d, 1))
-		return
+// answeredIn folds the time d an answer head took, at now, into the
+// instance's moving average (weight 1/8; racing updates may lose a
+// sample, which an average can afford).
+func (h *hostState) answeredIn(d, now int64) {
+	d = max(d, 1)
+	if old := h.latency.Load(); old != 0 {
+		d = max(old+(d-old)/8, 1)
 	}
-	h.latency.Store(max(old+(d-old)/8, 1))
+	h.latency.Store(d)
+	h.latencyAt.Store(now)
+}
+
+// latencyFresh is how long an instance's moving average counts: one that
+// lost its ties for being slow gets no new samples while traffic is low,
+// and after this it is judged afresh.
+const latencyFresh = 10 * time.Second
+
+// clearlyFaster reports whether a's recent answers came in under half the
+// time of b's, both measured within latencyFresh of now. Instances without
+// a recent measure, or as fast as each other, are not told apart.
+func clearlyFaster(a, b *hostState, now int64) bool {
+	la, lb := a.latency.Load(), b.latency.Load()
+	if la == 0 || lb == 0 || 2*la > lb {
+		return false
+	}
+	return now-a.latencyAt.Load() < int64(latencyFresh) && now-b.latencyAt.Load() < int64(latencyFresh)
 }
 
 // maxEjectionFactor caps the multiplication of the ejection time.

@@ -29,6 +29,9 @@ const (
 	ErrCodeUnreachable = "instance-unreachable"
 	ErrCodeFailed      = "instance-failed"
 	ErrCodeTimeout     = "timeout"
+	// ErrCodeBadRequest: a request the mesh refuses to pass on (400, 431,
+	// 501).
+	ErrCodeBadRequest = "bad-request"
 	// ErrCodeAppClosed: the app half-closed its connection (FIN) while
 	// its answer was awaited; the request to the instance was abandoned.
 	ErrCodeAppClosed = "app-closed"
@@ -309,7 +312,7 @@ func (m *Mesh) instanceFailed(w *serviceWatch, set *EndpointSet, i int, now time
 // its time to answer.
 func (m *Mesh) Answered(p *Pick, status int) {
 	now := time.Now()
-	p.set.hosts[p.idx].answeredIn(now.UnixNano() - p.now)
+	p.set.hosts[p.idx].answeredIn(now.UnixNano()-p.now, now.UnixNano())
 	if status >= 500 && p.policy.Eject5xx {
 		m.pickFailed(p, now, nil)
 	} else {

@@ -15,10 +15,6 @@ import (
 	"github.com/meshlet/meshlet/upstream/internal/frontend"
 )
 
-// ErrCodeBadRequest is the X-Meshlet-Error of a request the mesh refuses
-// to pass on (400, 431, 501).
-const ErrCodeBadRequest = "bad-request"
-
 // msgAppClosed is the body of the 502 an app gets when it half-closed its
 // connection while its answer was awaited (upstream.ErrCodeAppClosed).
 const msgAppClosed = "meshlet: the app closed its side of the connection before the answer came; the request to the instance was abandoned"
@@ -141,7 +137,7 @@ func (f *Forwarder) Serve(ctx context.Context, live *frontend.LiveConn, conn net
 	s.rd.reset(conn, buf)
 	s.rd.w = copy(buf, peeked) // sniff reads less than readBufSize
 	s.bw.Reset(conn)
-	s.xff = append(s.xff[:0], hostOnly(conn.RemoteAddr())...)
+	s.xff = f.mesh.AppendClientIP(s.xff[:0], conn.RemoteAddr())
 	handOff := s.serve()
 	var rest []byte
 	if handOff >= 0 {
@@ -194,19 +190,6 @@ func resetOnClose(c net.Conn) {
 	}
 }
 
-// hostOnly is the IP of an address, as X-Forwarded-For wants it (and as
-// ReverseProxy's SetXForwarded takes it from the request's RemoteAddr).
-func hostOnly(a net.Addr) string {
-	if a == nil {
-		return ""
-	}
-	host, _, err := net.SplitHostPort(a.String())
-	if err != nil {
-		return a.String()
-	}
-	return host
-}
-
 // serve runs the request loop. It returns the offset in the read buffer
 // of a request to hand to net/http with what follows, or -1 when the
 // connection is done.
@@ -225,7 +208,7 @@ func (s *h1conn) serve() int {
 		}
 		if err != nil {
 			if errors.Is(err, errHeadTooLarge) {
-				s.answer(431, ErrCodeBadRequest, "meshlet: request header fields too large", true)
+				s.answer(431, upstream.ErrCodeBadRequest, "meshlet: request header fields too large", true)
 			}
 			return -1
 		}
@@ -237,7 +220,7 @@ func (s *h1conn) serve() int {
 			}
 			s.body.phase = phaseUntilEOF // whatever body it has is unknown: drained at the close
 			s.f.log.Debug("refusing a malformed request", "service", s.target.Service(), "from", s.c.RemoteAddr(), "err", err)
-			s.answer(status, ErrCodeBadRequest, "meshlet: bad request: "+upstream.OneLine(err.Error()), true)
+			s.answer(status, upstream.ErrCodeBadRequest, "meshlet: bad request: "+upstream.OneLine(err.Error()), true)
 			return -1
 		}
 		if s.handsOff() {
@@ -335,7 +318,7 @@ func (s *h1conn) forward() bool {
 				s.f.log.Debug("app closed its connection while its answer was awaited", "service", s.target.Service())
 				s.answer(502, upstream.ErrCodeAppClosed, msgAppClosed, true)
 			case errors.As(res.err, &sf) && !isNetError(sf.err):
-				s.answer(400, ErrCodeBadRequest, "meshlet: bad request body: "+upstream.OneLine(sf.err.Error()), true)
+				s.answer(400, upstream.ErrCodeBadRequest, "meshlet: bad request body: "+upstream.OneLine(sf.err.Error()), true)
 			case errors.Is(res.err, os.ErrDeadlineExceeded) && pastDeadline(deadline):
 				// The request's timeout passed while its body came.
 				status, code, msg := m.FailureAnswer(p, &upstream.InstanceError{Addr: p.Endpoint().Addr, Err: errRequestTimeout}, true)

@@ -279,8 +279,8 @@ func TestForwarderNeverPassesASmugglingAttempt(t *testing.T) {
 		app := upstreamtest.DialApp(t, front)
 		app.Send(tc.raw)
 		resp, _ := app.Read("GET")
-		if resp.StatusCode != tc.status || resp.Header.Get("X-Meshlet-Error") != ErrCodeBadRequest || !resp.Close {
-			t.Errorf("%.60q: %d %q close %t, want %d %s and close", tc.raw, resp.StatusCode, resp.Header.Get("X-Meshlet-Error"), resp.Close, tc.status, ErrCodeBadRequest)
+		if resp.StatusCode != tc.status || resp.Header.Get("X-Meshlet-Error") != upstream.ErrCodeBadRequest || !resp.Close {
+			t.Errorf("%.60q: %d %q close %t, want %d %s and close", tc.raw, resp.StatusCode, resp.Header.Get("X-Meshlet-Error"), resp.Close, tc.status, upstream.ErrCodeBadRequest)
 		}
 	}
 	if conns.Load() != 0 {

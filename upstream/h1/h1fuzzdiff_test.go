@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"testing"
+
+	"github.com/meshlet/meshlet/upstream/upstreamtest"
 )
 
 // FuzzForwardedRequestReadsAlikeInNetHTTP: what the forwarder sends an
@@ -19,6 +21,9 @@ func FuzzForwardedRequestReadsAlikeInNetHTTP(f *testing.F) {
 	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX: y\r\n\r\nGET / HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET"))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\nConnection: x-a, X-B, close\r\nX-A: 1\r\nx-b: 2\r\nX-C: 3\r\n\r\n"))
+	for _, s := range framingVariantSeeds {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rd := readerOf(data)
 		raw, err := rd.readHead(true)
@@ -39,6 +44,9 @@ func FuzzForwardedRequestReadsAlikeInNetHTTP(f *testing.F) {
 		}
 		w.Flush()
 		all := append(append([]byte{}, s.out...), body.Bytes()...)
+		if err := upstreamtest.OneFramingSpelling(s.out); err != nil {
+			t.Fatalf("%v:\n%q\nfrom %q", err, s.out, data)
+		}
 		br := bufio.NewReader(bytes.NewReader(all))
 		req, err := http.ReadRequest(br)
 		if err != nil {
@@ -51,4 +59,15 @@ func FuzzForwardedRequestReadsAlikeInNetHTTP(f *testing.F) {
 			t.Fatalf("net/http left %d bytes, another request: %q", br.Buffered(), all)
 		}
 	})
+}
+
+// framingVariantSeeds are requests whose framing some servers read
+// differently from net/http: those that map '_' (and other separators) to
+// '-' in header names, as CGI-style environments do.
+var framingVariantSeeds = []string{
+	"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent_Length: 40\r\n\r\n0\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 40\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\ntransfer.encoding: chunked\r\n\r\n0\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTRANSFER~ENCODING: chunked\r\n\r\n0\r\n\r\n",
 }

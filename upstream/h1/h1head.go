@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/meshlet/meshlet/upstream/internal/frontend"
 )
 
 // The forwarder parses heads in place (RFC 9112), strictly: a request the
@@ -254,6 +256,9 @@ func parseFields(b []byte, h *head, request bool) error {
 			}
 		}
 		f := field{name: name, value: value, line: full[:len(line)+2], kind: classify1(name, request)}
+		if request && f.kind == fieldOther && frontend.FramingLike(name) {
+			return badHead("header %q could be read as Content-Length or Transfer-Encoding by an instance", clip(name))
+		}
 		switch f.kind {
 		case fieldHost:
 			h.hosts++

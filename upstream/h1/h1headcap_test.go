@@ -37,7 +37,7 @@ func TestH1HeadFieldsAreCapped(t *testing.T) {
 		errCode string
 	}{
 		{"request at the cap", "GET /?n=0 HTTP/1.1\r\nHost: web.local\r\n" + fields(maxFields-1) + "\r\n", 200, ""},
-		{"request past the cap", "GET /?n=0 HTTP/1.1\r\nHost: web.local\r\n" + fields(maxFields) + "\r\n", 431, ErrCodeBadRequest},
+		{"request past the cap", "GET /?n=0 HTTP/1.1\r\nHost: web.local\r\n" + fields(maxFields) + "\r\n", 431, upstream.ErrCodeBadRequest},
 		{"answer at the cap", "GET /?n=" + fmt.Sprint(maxFields-1) + " HTTP/1.1\r\nHost: web.local\r\n\r\n", 200, ""},
 		{"answer past the cap", "GET /?n=" + fmt.Sprint(maxFields) + " HTTP/1.1\r\nHost: web.local\r\n\r\n", 502, upstream.ErrCodeFailed},
 	} {

@@ -11,11 +11,13 @@ package httpfallback
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,7 +144,7 @@ func newTransport(dial func(ctx context.Context, network, addr string) (net.Conn
 func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return s.mesh.Dial(ctx, addr) }
 	return &httputil.ReverseProxy{
-		Rewrite:        rewrite,
+		Rewrite:        s.rewrite,
 		Transport:      &retryTransport{next: newTransport(dial), m: s.mesh},
 		BufferPool:     frontend.NewBufferPool(32 << 10),
 		ModifyResponse: modifyResponse,
@@ -153,7 +155,7 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 
 // rewrite sends the request to the picked instance with the Host the app
 // used, so that instances see what they would see without the mesh.
-func rewrite(pr *httputil.ProxyRequest) {
+func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	p := pickFrom(pr.In.Context())
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = p.Endpoint().Addr
@@ -162,12 +164,18 @@ func rewrite(pr *httputil.ProxyRequest) {
 		host = p.Target().Host()
 	}
 	pr.Out.Host = host
-	// The app may itself be a proxy: keep the chain it sends and add it.
-	if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
-		pr.Out.Header["X-Forwarded-For"] = xff
+	// The app may itself be a proxy: keep the chain it sends and add it,
+	// as the forwarder does (buildOut); not SetXForwarded, which would
+	// name the loopback address the app came from.
+	chain := pr.In.Header["X-Forwarded-For"]
+	if ip := s.mesh.ClientIP(pr.In.RemoteAddr); ip != "" {
+		chain = append(chain[:len(chain):len(chain)], ip)
 	}
-	pr.SetXForwarded()
+	if len(chain) > 0 {
+		pr.Out.Header.Set("X-Forwarded-For", strings.Join(chain, ", "))
+	}
 	pr.Out.Header.Set("X-Forwarded-Host", host)
+	pr.Out.Header.Set("X-Forwarded-Proto", "http")
 }
 
 // modifyResponse pins the client to the instance that answered, when the
@@ -195,6 +203,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal", "meshlet: request without a service")
 		return
 	}
+	if name, ok := framingVariant(r.Header); ok {
+		// As the forwarder refuses it (parseFields): net/http takes such a
+		// name for an ordinary header, and ReverseProxy would pass it on.
+		s.log.Debug("refusing a request with a framing header variant", "service", t.Service(), "from", r.RemoteAddr, "header", name)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusBadRequest, upstream.ErrCodeBadRequest,
+			upstream.OneLine(fmt.Sprintf("meshlet: bad request: header %q could be read as Content-Length or Transfer-Encoding by an instance", name[:min(len(name), 64)])))
+		return
+	}
 	p := &pick{client: r.Context()}
 	code, msg, ok := s.mesh.Choose(r.Context(), t, &p.Pick, func(name string, found func(upstream.StickyID) bool) {
 		upstream.StickyCookies(r.Header, name, found)
@@ -210,6 +227,19 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	s.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// framingVariant returns the first header name of h that an instance
+// could read as a framing header although it is not one (see
+// frontend.FramingLike). net/http's server keeps the real Content-Length
+// under its canonical name and takes Transfer-Encoding out of the header.
+func framingVariant(h http.Header) (string, bool) {
+	for name := range h {
+		if name != "Content-Length" && name != "Transfer-Encoding" && frontend.FramingLike(name) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // proxyError answers a request whose instance failed.

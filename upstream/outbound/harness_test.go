@@ -18,15 +18,26 @@ type testMesh struct {
 	*Dispatcher
 }
 
+// testSniffTimeout is long enough that a loaded machine never turns an
+// app's late first bytes into raw TCP; tests of server-first protocols
+// set their own (webMeshSniff).
+const testSniffTimeout = 2 * time.Second
+
 // webMesh serves service "web" with the given instances, and returns the
 // front the app connects to.
 func webMesh(t testing.TB, tweak func(*upstream.Config), instances ...*api.ServiceEntry) (*upstreamtest.FakeConsul, testMesh, *upstreamtest.Front) {
+	t.Helper()
+	return webMeshSniff(t, testSniffTimeout, tweak, instances...)
+}
+
+// webMeshSniff is webMesh with the given sniff timeout.
+func webMeshSniff(t testing.TB, sniff time.Duration, tweak func(*upstream.Config), instances ...*api.ServiceEntry) (*upstreamtest.FakeConsul, testMesh, *upstreamtest.Front) {
 	t.Helper()
 	fc := upstreamtest.NewFakeConsul(t)
 	fc.SetCatalog(1, "web")
 	fc.SetHealth("web", 7, instances...)
 	m := upstreamtest.NewMesh(t, fc, tweak)
-	tm, front := serve(t, m)
+	tm, front := serveSniff(t, m, sniff)
 	return fc, tm, front
 }
 
@@ -34,7 +45,12 @@ func webMesh(t testing.TB, tweak func(*upstream.Config), instances ...*api.Servi
 // a front whose connections it serves for service "web".
 func serve(t testing.TB, m *upstream.Mesh) (testMesh, *upstreamtest.Front) {
 	t.Helper()
-	d, err := New(m, Config{SniffTimeout: 100 * time.Millisecond})
+	return serveSniff(t, m, testSniffTimeout)
+}
+
+func serveSniff(t testing.TB, m *upstream.Mesh, sniff time.Duration) (testMesh, *upstreamtest.Front) {
+	t.Helper()
+	d, err := New(m, Config{SniffTimeout: sniff})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

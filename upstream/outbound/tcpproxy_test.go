@@ -49,7 +49,7 @@ func TestTCPServerFirstProtocolWorksAfterSniffTimeout(t *testing.T) {
 		io.WriteString(c, "220 greetings\r\n")
 		upstreamtest.Echo(c)
 	})
-	_, _, front := webMesh(t, nil, upstreamtest.Instance(t, "web", "smtp", addr))
+	_, _, front := webMeshSniff(t, 100*time.Millisecond, nil, upstreamtest.Instance(t, "web", "smtp", addr))
 
 	conn, err := net.Dial("tcp", front.Addr)
 	if err != nil {

@@ -246,3 +246,40 @@ func IsTimeout(err error) bool {
 // StickyMeta is the service meta that makes a service sticky on the
 // cookie CONTAINERID.
 var StickyMeta = []string{"meshlet-sticky", "cookie", "meshlet-sticky-cookie", "CONTAINERID"}
+
+// OneFramingSpelling checks the head sent to an instance: every header
+// whose name, without separators and case, is a framing header's must be
+// that header as we write it, once. Written apart from the front-ends' own test (frontend.FramingLike), so
+// that the two are checked against each other.
+func OneFramingSpelling(out []byte) error {
+	seen := map[string]int{}
+	lines := strings.Split(string(out), "\r\n")
+	for _, line := range lines[1:] {
+		name, _, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		norm := strings.Map(func(r rune) rune {
+			switch {
+			case 'a' <= r && r <= 'z', '0' <= r && r <= '9':
+				return r
+			case 'A' <= r && r <= 'Z':
+				return r + 'a' - 'A'
+			}
+			return -1
+		}, name)
+		if norm != "contentlength" && norm != "transferencoding" {
+			continue
+		}
+		if name != "Content-Length" && name != "Transfer-Encoding" {
+			return fmt.Errorf("header %q sent, which an instance may read as a framing header", name)
+		}
+		if seen[name]++; seen[name] > 1 {
+			return fmt.Errorf("%s sent twice", name)
+		}
+	}
+	if len(seen) > 1 {
+		return fmt.Errorf("both framing headers sent")
+	}
+	return nil
+}

@@ -39,3 +39,45 @@ func (p *BufferPool) Get() []byte { return *p.pool.Get().(*[]byte) }
 
 // Put gives a buffer back.
 func (p *BufferPool) Put(b []byte) { p.pool.Put(&b) }
+
+// FramingLike reports whether a header name is a spelling of a framing
+// header other than its own: one that, without its characters other than
+// letters and digits and in lower case, is "contentlength" or
+// "transferencoding" (Content_Length, transfer.encoding, ContentLength).
+// Servers behind CGI-style environments (WSGI, PHP, Rack) map '_' and '-'
+// to the same name, so a request with Transfer_Encoding beside our framing
+// would be another request to them: a desync. Callers test the real names
+// first; this is only reached for the others. Both HTTP paths refuse
+// such a name in a request.
+func FramingLike[T ~string | ~[]byte](name T) bool {
+	return foldsTo(name, "contentlength") || foldsTo(name, "transferencoding")
+}
+
+// foldsTo reports whether the letters and digits of name, in lower case,
+// are want. It stops at the first that differs, so most names cost a byte
+// or two.
+func foldsTo[T ~string | ~[]byte](name T, want string) bool {
+	j := 0
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !isAlnum(c) {
+			continue
+		}
+		if j == len(want) || lower(c) != want[j] {
+			return false
+		}
+		j++
+	}
+	return j == len(want)
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
