@@ -50,10 +50,19 @@ type Agent struct {
 // for the drain period while callers stop choosing the app, deregisters
 // it, stops accepting, lets in-flight requests finish until the drain
 // timeout, removes the rules and returns. Closing hardStop (a second
-// signal) skips what is left of both waits. Start-up errors name the
-// setting at fault, and leave no rule behind.
+// signal) skips what is left of both waits. With cfg.ExitWhenAppGone, the
+// app's end (its namespace lost its interfaces, see appWatch) stops it the
+// same way, without the drain period, and Run returns nil. Start-up
+// errors name the setting at fault, and leave no rule behind.
 func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
 	a := &Agent{cfg: cfg, log: log}
+	// The first look at the app's interfaces comes first of all, so that
+	// even a short-lived app is seen before it ends.
+	ctx, stopWith := context.WithCancelCause(ctx)
+	defer stopWith(nil)
+	if cfg.ExitWhenAppGone {
+		go watchApp(ctx, net.Interfaces, appLookEvery, log, stopWith)
+	}
 	if a.vips, err = vip.NewTable(cfg.VIPCIDR); err != nil {
 		return fmt.Errorf("--vip-cidr: %w", err)
 	}
@@ -185,16 +194,24 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	log.Info("meshlet started", "dns", cfg.DNSListen, "outbound", cfg.OutboundListen, "admin", cfg.AdminListen,
 		"consul", cfg.Consul, "suffixes", cfg.Suffixes, "vip_cidr", cfg.VIPCIDR, "intercept", cfg.Intercept,
 		"registers", len(cfg.Services), "advertise", cfg.Advertise,
-		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale)
+		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale, "exit_when_app_gone", cfg.ExitWhenAppGone)
 
+	// A signal and the app's end (watched from the start of Run) stop
+	// meshlet by the same path; the app's end skips the waits that serve
+	// callers of an app that is no more.
 	<-ctx.Done()
+	appGone := errors.Is(context.Cause(ctx), errAppGone)
+	drainTimeout := cfg.DrainTimeout
+	if appGone {
+		drainTimeout = min(drainTimeout, appGoneDrain)
+	}
 	a.stopping.Store(true)
-	a.leaveConsul(hardStop, stopReg, regDone)
-	log.Info("stopping: draining in-flight requests", "drain_timeout", cfg.DrainTimeout)
+	a.leaveConsul(hardStop, stopReg, regDone, appGone)
+	log.Info("stopping: draining in-flight requests", "drain_timeout", drainTimeout)
 	a.outbound.Close()
 	<-acceptDone
 
-	drainCtx, cancelDrain := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancelDrain()
 	go func() {
 		select {
@@ -217,19 +234,22 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 // meshlet (and so the app's outbound traffic) keeps working; then, after
 // the drain period, the registration goes. Consul being away makes this
 // no slower than the call timeouts: the TTL and DeregisterAfter are the
-// backstop then.
-func (a *Agent) leaveConsul(hardStop <-chan struct{}, stopReg context.CancelFunc, regDone <-chan struct{}) {
+// backstop then. When the app is gone there is nothing to drain: the
+// registration goes at once.
+func (a *Agent) leaveConsul(hardStop <-chan struct{}, stopReg context.CancelFunc, regDone <-chan struct{}, appGone bool) {
 	if a.registrar == nil {
 		return
 	}
 	registered := a.registrar.Registered()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	err := a.registrar.MarkCritical(ctx, "meshlet is stopping: draining before deregistration")
-	cancel()
-	if err != nil {
-		a.log.Warn("could not mark the app critical in consul", "err", err)
+	if !appGone {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		err := a.registrar.MarkCritical(ctx, "meshlet is stopping: draining before deregistration")
+		cancel()
+		if err != nil {
+			a.log.Warn("could not mark the app critical in consul", "err", err)
+		}
 	}
-	if registered && a.cfg.DrainPeriod > 0 {
+	if registered && a.cfg.DrainPeriod > 0 && !appGone {
 		a.log.Info("stopping: the app's check is critical; waiting for callers to stop choosing it", "drain_period", a.cfg.DrainPeriod)
 		t := time.NewTimer(a.cfg.DrainPeriod)
 		select {
@@ -241,7 +261,7 @@ func (a *Agent) leaveConsul(hardStop <-chan struct{}, stopReg context.CancelFunc
 	}
 	stopReg()
 	<-regDone
-	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := a.registrar.Deregister(ctx); err != nil {
 		a.log.Warn("could not deregister the app; consul will remove it once its check has been critical long enough", "err", err)

@@ -39,6 +39,10 @@ type Config struct {
 	// DrainPeriod is how long, after SIGTERM, the app's check stays
 	// critical while meshlet keeps serving, before it deregisters the app.
 	DrainPeriod time.Duration
+	// ExitWhenAppGone makes meshlet stop, deregister and exit 0 once the
+	// app's network namespace has lost every interface but loopback (the
+	// app's container stopped).
+	ExitWhenAppGone bool
 
 	// Policy overrides the services' traffic policy from their Consul meta.
 	Policy upstream.Overrides
@@ -174,6 +178,15 @@ func settings(consulDefault string) []setting {
 					return fmt.Errorf("%q is not a duration such as 5s", v)
 				}
 				c.DrainPeriod = d
+				return nil
+			}},
+		{"exit-when-app-gone", "MESHLET_EXIT_WHEN_APP_GONE", "true", "stop, deregister and exit 0 when the namespace loses every interface but loopback (the app's container stopped)",
+			func(c *Config, v string) error {
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return fmt.Errorf("%q is not true or false", v)
+				}
+				c.ExitWhenAppGone = b
 				return nil
 			}},
 		{"policy", "MESHLET_POLICY", "", "traffic policy overriding the services' Consul meta: SERVICE:KEY=VALUE,... (KEY: a meta key without meshlet-; * for every service)",

@@ -195,3 +195,28 @@ func TestLoadRegistration(t *testing.T) {
 		}
 	}
 }
+
+func TestParseConfigExitWhenAppGone(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want bool
+		err  string
+	}{
+		{nil, nil, true, ""},
+		{nil, map[string]string{"MESHLET_EXIT_WHEN_APP_GONE": "false"}, false, ""},
+		{[]string{"--exit-when-app-gone=true"}, map[string]string{"MESHLET_EXIT_WHEN_APP_GONE": "false"}, true, ""},
+		{[]string{"--exit-when-app-gone", "maybe"}, nil, false, "--exit-when-app-gone"},
+	} {
+		c, err := ParseConfig(tt.args, env(tt.env), io.Discard)
+		if tt.err != "" {
+			if err == nil || !strings.HasPrefix(err.Error(), tt.err) {
+				t.Errorf("%v %v: err %v; want one naming %s", tt.args, tt.env, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || c.ExitWhenAppGone != tt.want {
+			t.Errorf("%v %v: %v, %v; want %v", tt.args, tt.env, c.ExitWhenAppGone, err, tt.want)
+		}
+	}
+}

@@ -131,9 +131,13 @@ func waitCommand(args []string, getenv func(string) string, stdout, stderr io.Wr
 	var reason string
 	for {
 		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		var ready bool
-		ready, reason = rc.once(actx)
+		ready, why := rc.once(actx)
 		acancel()
+		// An attempt that the overall timeout cut short says only that;
+		// the last one that got an answer says why the sidecar is not ready.
+		if ctx.Err() == nil || reason == "" {
+			reason = why
+		}
 		if ready {
 			fmt.Fprintf(stderr, "meshlet wait: ready after %v\n", time.Since(start).Round(time.Millisecond))
 			return 0

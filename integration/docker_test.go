@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -22,10 +23,73 @@ type compose struct {
 	project string
 	env     []string
 	argv    []string // "docker compose" or "docker-compose"
+	file    string   // the compose file; default the project's compose.yaml
 }
 
+// newCompose finds the Docker engine and its compose tool, and the
+// repository's root; without them it skips the test, or fails it under
+// CI=true.
+func newCompose(t *testing.T, project string) *compose {
+	t.Helper()
+	c := &compose{t: t, project: project}
+	for _, argv := range [][]string{{"docker", "compose"}, {"docker-compose"}} {
+		if _, err := exec.LookPath(argv[0]); err != nil {
+			continue
+		}
+		if exec.Command(argv[0], append(argv[1:], "version")...).Run() == nil {
+			c.argv = argv
+			break
+		}
+	}
+	if c.argv == nil || exec.Command("docker", "info").Run() != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("the Docker engine or its compose tool is missing; CI must run this test")
+		}
+		t.Skip("no Docker engine with compose here")
+	}
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.root = root
+	return c
+}
+
+// standins makes the local stand-ins of the public images (once per test
+// binary) and returns the variables that pass them to the Dockerfile and
+// compose files.
+func standins(t *testing.T, ctx context.Context, root string) []string {
+	t.Helper()
+	standinsOnce.Do(func() {
+		start := time.Now()
+		cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "docker-standins.sh"))
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			standinsErr = fmt.Errorf("making the stand-in base images: %w", err)
+			return
+		}
+		standinsEnv = strings.Fields(string(out))
+		t.Logf("stand-in images ready in %v: %s", time.Since(start).Round(time.Second), strings.Join(standinsEnv, " "))
+	})
+	if standinsErr != nil {
+		t.Fatal(standinsErr)
+	}
+	return append([]string(nil), standinsEnv...)
+}
+
+var (
+	standinsOnce sync.Once
+	standinsEnv  []string
+	standinsErr  error
+)
+
 func (c *compose) run(ctx context.Context, args ...string) (string, error) {
-	argv := append(append([]string{}, c.argv[1:]...), append([]string{"-p", c.project, "-f", filepath.Join(c.root, "compose.yaml")}, args...)...)
+	file := c.file
+	if file == "" {
+		file = filepath.Join(c.root, "compose.yaml")
+	}
+	argv := append(append([]string{}, c.argv[1:]...), append([]string{"-p", c.project, "-f", file}, args...)...)
 	cmd := exec.CommandContext(ctx, c.argv[0], argv...)
 	cmd.Dir = c.root
 	cmd.Env = append(os.Environ(), c.env...)
@@ -93,39 +157,10 @@ func clientLines(logs string) []clientLine {
 // server, two restserver instances with sidecars that register them, and two
 // unchanged curl clients with sidecars, one keeping cookies.
 func TestDockerCompose(t *testing.T) {
-	c := &compose{t: t, project: fmt.Sprintf("mlt%d", os.Getpid())}
-	for _, argv := range [][]string{{"docker", "compose"}, {"docker-compose"}} {
-		if _, err := exec.LookPath(argv[0]); err != nil {
-			continue
-		}
-		if exec.Command(argv[0], append(argv[1:], "version")...).Run() == nil {
-			c.argv = argv
-			break
-		}
-	}
-	if c.argv == nil || exec.Command("docker", "info").Run() != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the Docker engine or its compose tool is missing; CI must run this test")
-		}
-		t.Skip("no Docker engine with compose here")
-	}
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.root = root
-
+	c := newCompose(t, fmt.Sprintf("mlt%d", os.Getpid()))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	start := time.Now()
-	standins := exec.CommandContext(ctx, filepath.Join(root, "scripts", "docker-standins.sh"))
-	standins.Stderr = os.Stderr
-	out, err := standins.Output()
-	if err != nil {
-		t.Fatalf("making the stand-in base images: %v", err)
-	}
-	c.env = append(strings.Fields(string(out)), "REQUESTS=600")
-	t.Logf("stand-in images ready in %v: %s", time.Since(start).Round(time.Second), strings.Join(c.env, " "))
+	c.env = append(standins(t, ctx, c.root), "REQUESTS=600")
 
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -136,7 +171,7 @@ func TestDockerCompose(t *testing.T) {
 			t.Errorf("compose down: %v", err)
 		}
 	})
-	start = time.Now()
+	start := time.Now()
 	if _, err := c.run(ctx, "up", "-d", "--build"); err != nil {
 		t.Fatal(err)
 	}
