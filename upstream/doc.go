@@ -22,14 +22,16 @@
 //   - the answer: the sticky cookie of the instance that answered, when the
 //     request did not carry it.
 //
-// The front-ends do all of that through one small API (pick.go): a
-// [Target] names the service of a connection, [Mesh.Choose] routes a
-// request into a [Pick], [Mesh.Answered], [Mesh.Failed] and
-// [Pick.InFlight] report how its attempts go, [Mesh.Retry] says whether a
-// failed one goes elsewhere, [Mesh.FailureAnswer] gives the words of the
-// error the app gets and [Pick.PinCookie] the cookie that pins it. Every
-// connection to an instance is made by [Mesh.Dial], so that how instances
-// are reached (plain TCP today) is the core's business alone.
+// The front-ends do all of that through one small API (pick.go,
+// attempt.go): a [Target] names the service of a connection,
+// [Mesh.Choose] routes a request into a [Pick], [Mesh.Answered],
+// [Mesh.Connected], [Mesh.Failed] and [Pick.InFlight] report how its
+// attempts go, [Mesh.Retry] says whether a failed one goes elsewhere,
+// [Mesh.FailureAnswer] gives the words of the error the app gets and
+// [Pick.PinCookie] the cookie that pins it. Every connection to an
+// instance is made by [Mesh.Dial], so that how instances are reached
+// (plain TCP today) is the core's business alone; [Mesh.AppendClientIP]
+// says which address X-Forwarded-For names for the app.
 //
 // While Consul does not answer, the last good views keep routing
 // (fail-static), for at most Config.MaxStale; they are saved in

@@ -10,7 +10,7 @@ import (
 
 // Mesh watches Consul and routes the app's requests and connections to
 // the instances of the services they are for; the front-ends that speak
-// their protocols ask it (pick.go).
+// their protocols ask it (pick.go, attempt.go).
 type Mesh struct {
 	cfg     Config
 	log     *slog.Logger
