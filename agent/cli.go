@@ -27,6 +27,8 @@ Usage:
   meshlet intercept install|remove|show [flags]
                                            manage the iptables rules alone (e.g. from an init container);
                                            takes the same flags as run
+  meshlet inject [-o OUT] [--check] [--image IMG] [--consul ADDR] compose.yaml
+                                           write the compose file with a meshlet sidecar beside each service
   meshlet version
 `
 
@@ -85,6 +87,8 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		return waitCommand(args[1:], getenv, stdout, stderr)
 	case "intercept":
 		return interceptCommand(args[1:], getenv, stdout, stderr)
+	case "inject":
+		return injectCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "meshlet %s\n", versionString(Version, buildInfo()))
 		return 0

@@ -2,8 +2,14 @@ package upstream
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // blockingQuery runs one kind of Consul blocking query in a loop.
@@ -12,6 +18,15 @@ type blockingQuery[T any] struct {
 	// fetch asks Consul, blocking while waitIndex is still current.
 	// waitIndex 0 means "answer at once".
 	fetch func(ctx context.Context, waitIndex uint64) (result T, index uint64, err error)
+	// waitTime is the WaitTime fetch sends with a waitIndex, and
+	// callTimeout the deadline of a query that does not block: together
+	// they bound every fetch (see fetchDeadline), so that a Consul that
+	// accepts the connection and never answers fails the query as one
+	// that refuses it does.
+	waitTime, callTimeout time.Duration
+	// live is told of every good answer, and aborts the fetch in flight
+	// when Consul stops answering. Nil: neither.
+	live *liveness
 	// answered is told of every good answer, before apply, with the number
 	// of failures just before it (0 when there was no outage). Optional.
 	answered func(afterFailures int)
@@ -35,7 +50,7 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 		failures  int
 	)
 	for ctx.Err() == nil {
-		result, index, err := q.fetch(ctx, waitIndex)
+		result, index, err := q.call(ctx, waitIndex)
 		if ctx.Err() != nil {
 			return
 		}
@@ -56,6 +71,7 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 			}
 			continue
 		}
+		q.live.answered(time.Now())
 		if failures > 0 {
 			q.log.Info("consul answers again", "query", q.what, "failures", failures)
 		}
@@ -82,6 +98,33 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 	}
 }
 
+// call runs one fetch within its deadline. A fetch that ran out of time,
+// or that the liveness check aborted, fails with an error that says so
+// rather than "context canceled".
+func (q *blockingQuery[T]) call(ctx context.Context, waitIndex uint64) (T, uint64, error) {
+	cctx, cancel := q.live.callContext(ctx, fetchDeadline(waitIndex, q.waitTime, q.callTimeout))
+	defer cancel()
+	result, index, err := q.fetch(cctx, waitIndex)
+	if err != nil && ctx.Err() == nil && cctx.Err() != nil {
+		err = fmt.Errorf("%s: %w", q.what, context.Cause(cctx))
+	}
+	return result, index, err
+}
+
+// fetchDeadline is how long one query may take. One that does not block
+// (waitIndex 0) gets callTimeout. A blocking one gets its wait, plus the
+// up to wait/16 that Consul adds to it as jitter, plus callTimeout for
+// the answer to come back.
+func fetchDeadline(waitIndex uint64, wait, callTimeout time.Duration) time.Duration {
+	if callTimeout <= 0 {
+		callTimeout = DefaultCallTimeout // never no deadline, nor one that fails every query at once
+	}
+	if waitIndex == 0 {
+		return callTimeout
+	}
+	return wait + wait/16 + callTimeout
+}
+
 // sleepCtx waits d or until ctx is done, and reports whether ctx is still live.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
@@ -94,5 +137,143 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// liveness tells a Consul that hangs (it accepts connections and never
+// answers: a stopped process, a paused container, a network that drops
+// packets) from one that merely has no change to report. A blocking query
+// looks the same in both cases for up to its whole wait; so when nothing
+// has answered for PingEvery, a cheap question with a short deadline
+// asks, and silence aborts every query in flight. The watches then fail
+// and retry as they do when Consul is down, and meshlet goes fail-static.
+// The zero value is ready to use; a nil *liveness does nothing.
+type liveness struct {
+	lastOK atomic.Int64 // unix ns of Consul's last good answer; 0 before any
+
+	mu  sync.Mutex
+	gen context.Context // done when an abort ends the calls in flight
+	end context.CancelCauseFunc
+}
+
+// answered records a good answer of Consul at t.
+func (l *liveness) answered(t time.Time) {
+	if l == nil {
+		return
+	}
+	for {
+		old := l.lastOK.Load()
+		if old >= t.UnixNano() || l.lastOK.CompareAndSwap(old, t.UnixNano()) {
+			return
+		}
+	}
+}
+
+// lastAnswer returns when Consul last answered well; zero before any.
+func (l *liveness) lastAnswer() time.Time {
+	if l == nil || l.lastOK.Load() == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, l.lastOK.Load())
+}
+
+// since returns when Consul last answered well, or now before any answer:
+// the start of a failure streak, as far as anyone can know.
+func (l *liveness) since(now time.Time) int64 {
+	if t := l.lastAnswer(); !t.IsZero() && t.Before(now) {
+		return t.UnixNano()
+	}
+	return now.UnixNano()
+}
+
+func (l *liveness) generation() context.Context {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.gen == nil {
+		l.gen, l.end = context.WithCancelCause(context.Background())
+	}
+	return l.gen
+}
+
+// abort ends every call in flight with cause; calls made afterwards run.
+func (l *liveness) abort(cause error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.end != nil {
+		l.end(cause)
+	}
+	l.gen, l.end = context.WithCancelCause(context.Background())
+}
+
+// callContext returns the context of one call to Consul: done after d, or
+// when an abort ends the calls in flight, with the reason as its cause.
+func (l *liveness) callContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	timed, cancelTimed := context.WithTimeoutCause(ctx, d, fmt.Errorf("no answer from consul within %v", d))
+	if l == nil {
+		return timed, cancelTimed
+	}
+	cctx, cancel := context.WithCancelCause(timed)
+	gen := l.generation()
+	stop := context.AfterFunc(gen, func() { cancel(context.Cause(gen)) })
+	return cctx, func() {
+		stop()
+		cancel(nil)
+		cancelTimed()
+	}
+}
+
+// run asks Consul whenever it has not answered for every, until ctx is
+// done. ping is the question; an answer of any kind, even an error status,
+// shows that Consul does not hang (the watches see their own errors). No
+// answer within timeout aborts the calls in flight, and so does every
+// further silence, asked every `every`, until Consul answers again.
+func (l *liveness) run(ctx context.Context, ping func(context.Context) error, every, timeout time.Duration, log *slog.Logger) {
+	silent := false
+	for {
+		if last := l.lastAnswer(); !last.IsZero() && !silent {
+			if wait := time.Until(last.Add(every)); wait > 0 {
+				if !sleepCtx(ctx, wait) {
+					return
+				}
+				continue
+			}
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		start := time.Now()
+		err := ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		var status api.StatusError
+		switch {
+		case err == nil:
+			l.answered(time.Now())
+		case errors.As(err, &status):
+			// Consul answers, if with an error: it does not hang.
+		default:
+			if pctx.Err() != nil {
+				err = fmt.Errorf("consul does not answer: no answer to a liveness check within %v", timeout)
+			} else {
+				err = fmt.Errorf("consul liveness check: %w", err)
+			}
+			if !silent {
+				log.Warn("consul does not answer: ending the queries in flight, which retry as with a consul that is down",
+					"err", err, "after", time.Since(start).Round(time.Millisecond))
+			}
+			silent = true
+			l.abort(err)
+			if !sleepCtx(ctx, every) {
+				return
+			}
+			continue
+		}
+		if silent {
+			log.Info("consul answers its liveness check again")
+			silent = false
+		}
+		if err != nil && !sleepCtx(ctx, every) {
+			return
+		}
 	}
 }

@@ -35,9 +35,12 @@ type catalogWatch struct {
 	waitTime time.Duration
 	current  atomic.Pointer[catalogSnapshot]
 	lastErr  atomic.Pointer[error]
-	// failingSince is when Consul stopped answering (unix ns), or when the
-	// state file was last confirmed; 0 while Consul answers.
+	// failingSince is when Consul last answered before the current
+	// failure streak (unix ns), or when the state file was last confirmed;
+	// 0 while Consul answers.
 	failingSince atomic.Int64
+	// live notices a Consul that hangs, for every watch of the mesh.
+	live liveness
 
 	// Owned by the watch's goroutine.
 	settleUntil  time.Time
@@ -47,7 +50,22 @@ type catalogWatch struct {
 // failStaticReminder is how often the log repeats that Consul is still away.
 const failStaticReminder = time.Minute
 
+// statusSource is the question the liveness check asks; *api.Status has it.
+type statusSource interface {
+	LeaderWithQueryOptions(q *api.QueryOptions) (string, error)
+}
+
 func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
+	status := statusSource(m.cfg.Consul.Status())
+	pingDone := make(chan struct{})
+	go func() {
+		defer close(pingDone)
+		c.live.run(ctx, func(ctx context.Context) error {
+			_, err := status.LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+			return err
+		}, m.cfg.PingEvery, m.cfg.CallTimeout, m.log)
+	}()
+	defer func() { <-pingDone }()
 	q := &blockingQuery[map[string][]string]{
 		what: "catalog services",
 		fetch: func(ctx context.Context, waitIndex uint64) (map[string][]string, uint64, error) {
@@ -58,8 +76,11 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 			}
 			return services, meta.LastIndex, nil
 		},
-		answered: func(afterFailures int) { c.answeredAgain(afterFailures, m) },
-		apply:    func(services map[string][]string) { c.apply(services, m) },
+		waitTime:    c.waitTime,
+		callTimeout: m.cfg.CallTimeout,
+		live:        &c.live,
+		answered:    func(afterFailures int) { c.answeredAgain(afterFailures, m) },
+		apply:       func(services map[string][]string) { c.apply(services, m) },
 		failed: func(err error, streak int) {
 			c.lastErr.Store(&err)
 			c.failed(streak, m)
@@ -72,7 +93,7 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 
 func (c *catalogWatch) failed(streak int, m *Mesh) {
 	now := time.Now()
-	first := c.failingSince.CompareAndSwap(0, now.UnixNano())
+	first := c.failingSince.CompareAndSwap(0, c.live.since(now))
 	if c.current.Load() == nil {
 		return // nothing to route on: readiness says why
 	}
@@ -93,6 +114,9 @@ func (c *catalogWatch) answeredAgain(afterFailures int, m *Mesh) {
 	if since := c.failingSince.Swap(0); since != 0 && c.current.Load() != nil {
 		m.log.Info("consul answers again: leaving fail-static",
 			"outage", time.Since(time.Unix(0, since)).Round(time.Millisecond))
+		// The saved state says when Consul last confirmed it: that is now,
+		// even when its answer is the same as before the outage.
+		m.state.changed()
 	}
 	c.lastErr.Store(nil)
 	if afterFailures > 0 && m.cfg.SettleTime > 0 {
@@ -132,7 +156,8 @@ func (c *catalogWatch) store(names map[string]struct{}, fromDisk bool) {
 // ready reports whether the catalog has answered, and if not, why. A
 // saved state stands in for an answer only once Consul has failed: a
 // Consul that is up answers within moments, and readiness should wait for
-// its word rather than a file's.
+// its word rather than a file's. One that hangs fails the first query
+// when its deadline (CallTimeout) passes.
 func (c *catalogWatch) ready() (bool, string) {
 	if c.usable(c.current.Load()) {
 		return true, ""

@@ -22,6 +22,7 @@ const (
 	DefaultDialTimeout        = 2 * time.Second
 	DefaultFirstAnswerTimeout = 5 * time.Second
 	DefaultWaitTime           = 5 * time.Minute
+	DefaultCallTimeout        = 5 * time.Second
 	DefaultRetryBase          = 250 * time.Millisecond
 	DefaultRetryMax           = 10 * time.Second
 	DefaultSettleTime         = 30 * time.Second
@@ -46,8 +47,18 @@ type Config struct {
 	// connection after a DNS lookup does not fail for want of instances.
 	FirstAnswerTimeout time.Duration
 
-	// WaitTime is the longest a blocking query waits for a change.
+	// WaitTime is the longest a blocking query waits for a change. A
+	// blocking query that has no answer after WaitTime + WaitTime/16 (the
+	// jitter Consul adds) + CallTimeout fails.
 	WaitTime time.Duration
+
+	// CallTimeout is how long a query of Consul that does not block may
+	// take, and the deadline of the liveness check that tells a Consul
+	// that hangs (accepts connections and never answers) from one with
+	// nothing new to say: when nothing has answered for PingEvery, the
+	// check asks, and no answer within CallTimeout fails every query in
+	// flight, as a Consul that is down would.
+	CallTimeout time.Duration
 
 	// RetryBackoff returns how long a watch waits before its next query
 	// after attempt consecutive failures (attempt starts at 1). Nil means
@@ -96,7 +107,18 @@ type Config struct {
 
 	// clientXFF is ClientAddr as X-Forwarded-For writes it, made once.
 	clientXFF string
+
+	// PingEvery is how long Consul may go without answering before the
+	// liveness check asks it. Zero means DefaultPingEvery; tests shorten
+	// it.
+	PingEvery time.Duration
 }
+
+// DefaultPingEvery bounds, with CallTimeout, how long a hung Consul goes
+// unnoticed: at most PingEvery + CallTimeout after its last answer. A
+// tiny request (/v1/status/leader) every 5 s per sidecar, and only while
+// no blocking query returns, costs Consul next to nothing.
+const DefaultPingEvery = 5 * time.Second
 
 // withDefaults checks cfg and fills in its zero values.
 func (cfg Config) withDefaults() (Config, error) {
@@ -110,6 +132,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	}{
 		{"FirstAnswerTimeout", &cfg.FirstAnswerTimeout, DefaultFirstAnswerTimeout},
 		{"WaitTime", &cfg.WaitTime, DefaultWaitTime},
+		{"CallTimeout", &cfg.CallTimeout, DefaultCallTimeout},
 		{"MaxStale", &cfg.MaxStale, 0},
 		{"SettleTime", &cfg.SettleTime, DefaultSettleTime},
 	} {
@@ -127,6 +150,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	cfg.clientXFF = ""
 	if cfg.ClientAddr.IsValid() {
 		cfg.clientXFF = cfg.ClientAddr.Unmap().WithZone("").String()
+	}
+	if cfg.PingEvery <= 0 {
+		cfg.PingEvery = DefaultPingEvery
 	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{Timeout: DefaultDialTimeout}

@@ -26,7 +26,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	}
 	if cfg.FirstAnswerTimeout != 5*time.Second || cfg.WaitTime != 5*time.Minute ||
 		cfg.Dialer == nil || cfg.Dialer.Timeout != 2*time.Second || cfg.Logger == nil || cfg.RetryBackoff == nil ||
-		cfg.SettleTime != 30*time.Second || cfg.MaxStale != 0 {
+		cfg.SettleTime != 30*time.Second || cfg.MaxStale != 0 || cfg.CallTimeout != 5*time.Second || cfg.PingEvery != 5*time.Second {
 		t.Errorf("defaults = %+v", cfg)
 	}
 	if cfg, _ := (Config{Consul: client, SettleTime: -1}).withDefaults(); cfg.SettleTime != 0 {

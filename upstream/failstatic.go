@@ -43,9 +43,14 @@ func (m *Mesh) stateSnapshot(bool) *stateFile {
 	if cat == nil || cat.fromDisk {
 		return nil
 	}
-	confirmed := time.Now()
+	// Confirmed when Consul last answered, not now: a Consul that hangs
+	// has confirmed nothing since, even before the watches notice.
+	confirmed := m.catalog.live.lastAnswer()
 	if since := m.catalog.failingSince.Load(); since != 0 {
 		confirmed = time.Unix(0, since)
+	}
+	if confirmed.IsZero() {
+		return nil
 	}
 	st := &stateFile{
 		Version:     stateVersion,

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -140,7 +141,8 @@ func TestSettleAfterOutage(t *testing.T) {
 func startMesh(t *testing.T, fc *upstreamtest.FakeConsul, tweak func(*upstream.Config)) (*upstream.Mesh, *upstreamtest.Front, func()) {
 	t.Helper()
 	cfg := upstream.Config{Consul: fc.Client(t), FirstAnswerTimeout: 2 * time.Second, WaitTime: 2 * time.Second,
-		RetryBackoff: func(int) time.Duration { return 5 * time.Millisecond }, Logger: upstreamtest.Logger(t)}
+		RetryBackoff: func(int) time.Duration { return 5 * time.Millisecond }, Logger: upstreamtest.Logger(t),
+		PingEvery: 20 * time.Millisecond}
 	tweak(&cfg)
 	m, err := upstream.New(cfg)
 	if err != nil {
@@ -277,5 +279,125 @@ func TestStateDirProblems(t *testing.T) {
 	m2, _, _ := startMesh(t, fc, func(c *upstream.Config) { c.StateDir = dir })
 	if len(m1.Status()) != 0 || !statusHas(m2, "in use by another meshlet") {
 		t.Errorf("Status = %q and %q; want the second to say the state is in use", m1.Status(), m2.Status())
+	}
+}
+
+// hangTimes are the test's liveness settings: a hang shows within about
+// PingEvery + CallTimeout.
+func hangTimes(c *upstream.Config) {
+	c.CallTimeout = 300 * time.Millisecond
+	c.PingEvery = 50 * time.Millisecond
+}
+
+// A Consul that accepts connections and never answers (a stopped process)
+// is noticed within PingEvery + CallTimeout, and meshlet then behaves as
+// with one that is down: fail-static, still routing, and a state whose
+// confirmation stays at Consul's last answer.
+func TestConsulThatHangsGoesFailStatic(t *testing.T) {
+	a := upstreamtest.WhoAmI(t, "a")
+	dir := t.TempDir()
+	fc, m, front := webMesh(t, func(c *upstream.Config) {
+		hangTimes(c)
+		c.WaitTime = time.Minute // a blocking query alone would notice nothing for a minute
+		c.StateDir, c.StateID = dir, "c"
+	}, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
+	c := upstreamtest.Client(front)
+	if _, _, h := upstreamtest.Do(t, c, http.MethodGet, ""); h.Get("X-Instance") != "a" {
+		t.Fatal("not routing before the hang")
+	}
+	upstreamtest.Eventually(t, "the catalog", func() bool { ok, _ := m.CatalogReady(); return ok })
+	upstreamtest.Eventually(t, "a blocking query of each", func() bool {
+		return slices.Contains(fc.IndexesSent(upstreamtest.CatalogPath), "1") && slices.Contains(fc.IndexesSent(upstreamtest.HealthPath("web")), "7")
+	})
+
+	fc.SetHung(true)
+	hung := time.Now()
+	upstreamtest.Eventually(t, "fail-static in Status", func() bool { return statusHas(m, "fail-static: consul unreachable for") })
+	noticed := time.Since(hung)
+	t.Logf("a hung Consul noticed after %v (PingEvery 50ms + CallTimeout 300ms)", noticed)
+	if noticed > 2*time.Second {
+		t.Errorf("the hang was noticed after %v, want about 350 ms", noticed)
+	}
+	if ok, _ := m.CatalogReady(); !ok {
+		t.Error("not ready during a hang after good answers")
+	}
+	for i := range 10 {
+		if status, _, h := upstreamtest.Do(t, c, http.MethodGet, ""); status != http.StatusOK || h.Get("X-Instance") != "a" {
+			t.Fatalf("request %d during the hang: %d", i, status)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	st := m.StateSnapshot(false)
+	if st == nil || st.ConfirmedAt.After(hung) {
+		t.Errorf("state written during the hang: %+v, want it confirmed before the hang began (%v)", st, hung)
+	}
+	if since, ok := m.FailingSince("web"); !ok || since.After(hung) {
+		t.Error("web's staleness counts from after the hang began")
+	}
+
+	fc.SetHung(false)
+	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
+	// Consul's answers are the same as before the hang, yet the file
+	// learns at once that they were confirmed again.
+	upstreamtest.Eventually(t, "the state file confirmed after the hang", func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "state-c.json"))
+		if err != nil {
+			return false
+		}
+		st, err := upstream.DecodeState(b)
+		return err == nil && st.ConfirmedAt.After(hung)
+	})
+}
+
+// A meshlet started while Consul hangs, with a saved state, is ready and
+// routes on it once the first query's deadline has passed, and requests
+// that came before wait no longer than that.
+func TestStartWhileConsulHangsRoutesFromSavedState(t *testing.T) {
+	dir := t.TempDir()
+	a := upstreamtest.WhoAmI(t, "a")
+	withState := func(c *upstream.Config) {
+		hangTimes(c)
+		c.StateDir, c.StateID = dir, "c"
+		c.FirstAnswerTimeout = 10 * time.Second // so that only the query's deadline can release the request
+	}
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.SetCatalog(1, "web")
+	fc.SetHealth("web", 7, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
+	m, front, stop := startMesh(t, fc, withState)
+	if got, _ := upstreamtest.GetWith(t, upstreamtest.Client(front), ""); got != "a" {
+		t.Fatalf("first run: %s", got)
+	}
+	upstreamtest.Eventually(t, "the state file", func() bool {
+		st, err := os.ReadFile(filepath.Join(dir, "state-c.json"))
+		return err == nil && strings.Contains(string(st), upstreamtest.AddrOf(a))
+	})
+	_ = m
+	stop()
+
+	hung := upstreamtest.NewFakeConsul(t)
+	hung.SetHung(true)
+	start := time.Now()
+	m2, front2, _ := startMesh(t, hung, withState)
+	reqDone := make(chan time.Duration, 1)
+	go func() {
+		s := time.Now()
+		status, _, _ := upstreamtest.Do(t, upstreamtest.Client(front2), http.MethodGet, "")
+		if status != http.StatusOK {
+			t.Errorf("a request made at start, while Consul hangs: %d", status)
+		}
+		reqDone <- time.Since(s)
+	}()
+	upstreamtest.Eventually(t, "ready on the saved state", func() bool { ok, _ := m2.CatalogReady(); return ok })
+	ready := time.Since(start)
+	if ok, err := m2.ServiceExists("web"); !ok || err != nil {
+		t.Errorf("ServiceExists while Consul hangs = %v, %v; want the saved catalog", ok, err)
+	}
+	waited := <-reqDone
+	t.Logf("started with Consul hung: ready after %v, the first request answered after %v (CallTimeout 300ms)", ready, waited)
+	if ready > 2*time.Second || waited > 3*time.Second {
+		t.Errorf("ready after %v, first request after %v; want both about CallTimeout", ready, waited)
+	}
+	if !statusHas(m2, "routing on the saved state") {
+		t.Errorf("Status = %q, want the saved state named", m2.Status())
 	}
 }

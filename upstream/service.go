@@ -33,8 +33,9 @@ type serviceWatch struct {
 	// first answer, or at its first failure when the state file gave a view.
 	answered     chan struct{}
 	answeredOnce sync.Once
-	// failingSince is when Consul stopped answering (unix ns), or when the
-	// state file's data was last confirmed; 0 while Consul answers.
+	// failingSince is when Consul last answered before the current
+	// failure streak (unix ns), or when the state file's data was last
+	// confirmed; 0 while Consul answers.
 	failingSince atomic.Int64
 	staleLogged  atomic.Bool
 
@@ -72,7 +73,10 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 			}
 			return entries, meta.LastIndex, nil
 		},
-		answered: func(afterFailures int) { w.answeredAgain(afterFailures, m) },
+		waitTime:    m.cfg.WaitTime,
+		callTimeout: m.cfg.CallTimeout,
+		live:        &m.catalog.live,
+		answered:    func(afterFailures int) { w.answeredAgain(afterFailures, m) },
 		apply: func(entries []*api.ServiceEntry) {
 			eps, skipped := endpointsFromHealth(entries)
 			if len(skipped) > 0 {
@@ -80,7 +84,7 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 			}
 			w.update(eps, m, false)
 		},
-		failed:  func(_ error, streak int) { w.failed(streak) },
+		failed:  func(_ error, streak int) { w.failed(streak, m.catalog.live.since(time.Now())) },
 		backoff: m.cfg.RetryBackoff,
 		log:     m.log,
 	}
@@ -98,12 +102,15 @@ func (w *serviceWatch) answeredAgain(afterFailures int, m *Mesh) {
 	}
 }
 
-// failed runs on every failed query. The first failure of a streak keeps
-// the instances that were passing, in case Consul comes back with all of
-// them critical; and releases requests waiting for a first answer when the
-// state file gave something to route on.
-func (w *serviceWatch) failed(streak int) {
-	w.failingSince.CompareAndSwap(0, time.Now().UnixNano())
+// failed runs on every failed query; since is when Consul last answered
+// (unix ns). The first failure of a streak keeps the instances that were
+// passing, in case Consul comes back with all of them critical; and
+// releases requests waiting for a first answer when the state file gave
+// something to route on. Every query has a deadline, so a first query
+// that Consul never answers fails too and holds no request longer than
+// CallTimeout.
+func (w *serviceWatch) failed(streak int, since int64) {
+	w.failingSince.CompareAndSwap(0, since)
 	if streak == 1 {
 		w.mu.Lock()
 		w.outageBase = w.lastGood

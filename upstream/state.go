@@ -27,8 +27,9 @@ const stateVersion = 1
 type stateFile struct {
 	Version int    `json:"version"`
 	Consul  string `json:"consul"` // the StateID it belongs to
-	// ConfirmedAt is when Consul last confirmed the data: the start of the
-	// outage, or the time of writing when it was answering.
+	// ConfirmedAt is when Consul last confirmed the data: when it last
+	// answered, a query or the liveness check (which it does at least
+	// every few seconds while it is up); never merely the time of writing.
 	ConfirmedAt time.Time             `json:"confirmed_at"`
 	Catalog     []string              `json:"catalog"`
 	Services    map[string][]Endpoint `json:"services"`
@@ -37,7 +38,7 @@ type stateFile struct {
 const (
 	maxStateFileSize = 16 << 20
 	stateWriteEvery  = time.Second     // at most one write per second
-	stateHeartbeat   = 1 * time.Minute // rewrite while Consul answers, to keep ConfirmedAt fresh
+	stateHeartbeat   = 1 * time.Minute // rewrite, to keep ConfirmedAt as fresh as Consul's last answer
 )
 
 // StateDirError is New's error when Config.StateDir cannot be used.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -361,5 +362,98 @@ func TestRegistrarReportsSeveralPorts(t *testing.T) {
 	consul.mu.Unlock()
 	if n > 0 {
 		t.Error("registered although the port is ambiguous")
+	}
+}
+
+// hangingConsul is Consul's HTTP API on a real socket that, while hung,
+// takes requests and never answers (a stopped Consul process); it
+// records when each request came and when the client gave up on it.
+type hangingConsul struct {
+	srv  *httptest.Server
+	hung atomic.Bool
+	mu   sync.Mutex
+	log  []hungCall
+}
+
+type hungCall struct {
+	path       string
+	start, end time.Time
+}
+
+func newHangingConsul(t *testing.T) *hangingConsul {
+	h := &hangingConsul{}
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := hungCall{path: r.URL.Path, start: time.Now()}
+		io.Copy(io.Discard, r.Body) // else the server never notices that the client gave up
+		if h.hung.Load() {
+			<-r.Context().Done()
+		}
+		c.end = time.Now()
+		h.mu.Lock()
+		h.log = append(h.log, c)
+		h.mu.Unlock()
+	}))
+	t.Cleanup(h.srv.Close)
+	return h
+}
+
+func (h *hangingConsul) calls() []hungCall {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]hungCall(nil), h.log...)
+}
+
+// Every call to a Consul that hangs ends at its own deadline, and the
+// registration is retried: a check update that timed out is followed at
+// once by a registration with a deadline of its own, not the spent one.
+func TestRegistrarRetriesAConsulThatHangs(t *testing.T) {
+	a := startApp(t)
+	h := newHangingConsul(t)
+	client, err := api.NewClient(&api.Config{Address: h.srv.Listener.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := fastCheck()
+	check.Interval = 50 * time.Millisecond
+	svc := Service{ID: "box-web", Name: "web", Port: a.port, Check: check}
+	const callTimeout = 200 * time.Millisecond
+	startRegistrar(t, nil, []Service{svc}, func(c *Config) {
+		c.Consul = client.Agent()
+		c.CallTimeout = callTimeout
+		c.Backoff = func(int) time.Duration { return 500 * time.Millisecond }
+	})
+	waitFor(t, "registration", 2*time.Second, func() bool {
+		for _, c := range h.calls() {
+			if strings.HasPrefix(c.path, "/v1/agent/check/update/") {
+				return true
+			}
+		}
+		return false
+	})
+	h.hung.Store(true)
+	hungAt := time.Now()
+	waitFor(t, "two registrations tried during the hang", 5*time.Second, func() bool {
+		n := 0
+		for _, c := range h.calls() {
+			if c.path == "/v1/agent/service/register" && c.start.After(hungAt) {
+				n++
+			}
+		}
+		return n >= 2
+	})
+	var during []hungCall
+	for _, c := range h.calls() {
+		if c.start.After(hungAt) {
+			during = append(during, c)
+		}
+	}
+	for _, c := range during {
+		if d := c.end.Sub(c.start); d < callTimeout-20*time.Millisecond || d > callTimeout+time.Second {
+			t.Errorf("%s during the hang ended after %v, want its deadline %v", c.path, d, callTimeout)
+		}
+	}
+	if len(during) < 2 || !strings.HasPrefix(during[0].path, "/v1/agent/check/update/") || during[1].path != "/v1/agent/service/register" ||
+		during[1].start.Sub(during[0].end) > 100*time.Millisecond {
+		t.Errorf("calls during the hang: %+v; want the timed-out update followed at once by a registration", during)
 	}
 }

@@ -246,12 +246,15 @@ func (u *unit) sync(ctx context.Context, svc Service, heartbeat time.Duration) e
 
 // push sends st to Consul; the caller holds the lock. An update that
 // fails is followed by a registration at once: the usual cause is a Consul
-// that no longer knows the check.
+// that no longer knows the check. Each call has a deadline of its own
+// (CallTimeout), so that a Consul that hangs fails them as one that is
+// down does, and the registration is not left with the time the update
+// used up.
 func (u *unit) push(ctx context.Context, svc Service, st status) error {
-	cctx, cancel := context.WithTimeout(ctx, u.r.cfg.CallTimeout)
-	defer cancel()
 	if u.registered.Load() {
+		cctx, cancel := context.WithTimeout(ctx, u.r.cfg.CallTimeout)
 		err := u.r.cfg.Consul.UpdateTTLOpts(checkIDOf(svc.ID), st.output, st.health, (&api.QueryOptions{}).WithContext(cctx))
+		cancel()
 		if err == nil {
 			u.pushed, u.pushedAt = st, time.Now()
 			return nil
@@ -263,7 +266,10 @@ func (u *unit) push(ctx context.Context, svc Service, st status) error {
 		u.registered.Store(false)
 	}
 	reg := u.registration(svc, st)
-	if err := u.r.cfg.Consul.ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx)); err != nil {
+	cctx, cancel := context.WithTimeout(ctx, u.r.cfg.CallTimeout)
+	err := u.r.cfg.Consul.ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx))
+	cancel()
+	if err != nil {
 		return fmt.Errorf("registering %s in consul: %w", svc.ID, err)
 	}
 	u.registered.Store(true)
@@ -272,6 +278,8 @@ func (u *unit) push(ctx context.Context, svc Service, st status) error {
 	u.log.Info("registered in consul", "id", svc.ID, "address", reg.Address, "port", svc.Port, "status", st.health)
 	// A registration cannot carry the check's output; this shows it at once
 	// instead of at the next heartbeat. Failing here changes nothing.
+	cctx, cancel = context.WithTimeout(ctx, u.r.cfg.CallTimeout)
+	defer cancel()
 	u.r.cfg.Consul.UpdateTTLOpts(checkIDOf(svc.ID), st.output, st.health, (&api.QueryOptions{}).WithContext(cctx))
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -46,6 +47,8 @@ type World struct {
 	ConsulHost *netlab.Host
 	ConsulProc *netlab.Proc
 	Consul     *api.Client // reaches Consul from inside the Consul host
+
+	consulPaused bool // by PauseConsul: continued before anything else on Close
 
 	DNSHost   *netlab.Host
 	Resolver  *TestResolver
@@ -129,8 +132,47 @@ func (w *World) ConsulAddr() string { return w.ConsulHost.IP.String() + ":8500" 
 // StopConsul kills the Consul agent at once, as a crash or a cut-off would.
 func (w *World) StopConsul() {
 	if w.ConsulProc != nil {
-		w.ConsulProc.Kill()
+		w.ConsulProc.Kill() // SIGKILL ends a paused process too
+		w.consulPaused = false
 	}
+}
+
+// PauseConsul stops the Consul agent's process with SIGSTOP: its sockets
+// stay open and the kernel still accepts connections, but nothing answers,
+// as with a paused container or a hung process. ResumeConsul (or Close)
+// lets it go on. Calls through w.Consul hang meanwhile.
+func (w *World) PauseConsul() error {
+	if w.ConsulProc == nil {
+		return errors.New("pausing consul: it is not running")
+	}
+	if err := w.ConsulProc.Signal(syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("pausing consul: %w", err)
+	}
+	w.consulPaused = true
+	// SIGSTOP is delivered asynchronously: wait until the process is stopped.
+	return Poll(context.Background(), 5*time.Second, "consul to stop", func() error {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", w.ConsulProc.Cmd.Process.Pid))
+		if err != nil {
+			return StopPolling(err)
+		}
+		// The state follows the command name, which is in parentheses.
+		if i := strings.LastIndexByte(string(b), ')'); i < 0 || !strings.HasPrefix(string(b[i:]), ") T") {
+			return errors.New("not stopped yet")
+		}
+		return nil
+	})
+}
+
+// ResumeConsul continues the Consul agent stopped by PauseConsul.
+func (w *World) ResumeConsul() error {
+	if w.ConsulProc == nil || !w.consulPaused {
+		return nil
+	}
+	if err := w.ConsulProc.Signal(syscall.SIGCONT); err != nil {
+		return fmt.Errorf("resuming consul: %w", err)
+	}
+	w.consulPaused = false
+	return nil
 }
 
 // StartConsul starts the Consul agent again after StopConsul and waits for
@@ -259,6 +301,9 @@ func (w *World) Close() error {
 	if w == nil || w.Lab == nil {
 		return nil
 	}
+	// A stopped Consul dies of SIGKILL too, but its clients' connections
+	// and the test's own calls are released sooner when it runs again.
+	w.ResumeConsul()
 	return w.Lab.Close()
 }
 

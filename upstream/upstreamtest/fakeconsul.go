@@ -14,18 +14,23 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// CatalogPath is the path of Consul's catalog of services.
-const CatalogPath = "/v1/catalog/services"
+const (
+	// CatalogPath is the path of Consul's catalog of services.
+	CatalogPath = "/v1/catalog/services"
+	// LeaderPath is what the liveness check asks.
+	LeaderPath = "/v1/status/leader"
+)
 
 // HealthPath is the path of the instances of service in Consul's health API.
 func HealthPath(service string) string { return "/v1/health/service/" + service }
 
-// FakeConsul speaks the two Consul endpoints upstream uses, including
+// FakeConsul speaks the Consul endpoints upstream uses, including
 // blocking on ?index= until the test changes the answer.
 type FakeConsul struct {
 	srv *httptest.Server
 
 	mu       sync.Mutex
+	hung     bool // answer nothing at all, as a stopped Consul process
 	answers  map[string]*FakeAnswer
 	changed  chan struct{} // closed and replaced on every change
 	requests map[string][]string
@@ -47,8 +52,12 @@ func NewFakeConsul(t testing.TB) *FakeConsul {
 		changed:  make(chan struct{}),
 		requests: make(map[string][]string),
 	}
+	fc.answers[LeaderPath] = &FakeAnswer{Index: 1, Body: "127.0.0.1:8300"}
 	fc.srv = httptest.NewServer(http.HandlerFunc(fc.serve))
-	t.Cleanup(fc.srv.Close)
+	t.Cleanup(func() {
+		fc.SetHung(false) // release held requests, or Close waits for them
+		fc.srv.Close()
+	})
 	return fc
 }
 
@@ -75,6 +84,17 @@ func (fc *FakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 	fc.mu.Lock()
 	fc.requests[r.URL.Path] = append(fc.requests[r.URL.Path], indexParam)
 	for {
+		if fc.hung {
+			changed := fc.changed
+			fc.mu.Unlock()
+			select {
+			case <-changed:
+			case <-r.Context().Done():
+				return
+			}
+			fc.mu.Lock()
+			continue
+		}
 		a := fc.answers[r.URL.Path]
 		if a == nil {
 			fc.mu.Unlock()
@@ -158,6 +178,17 @@ func (fc *FakeConsul) SetHolding(path string, hold bool) {
 		fc.answers[path] = a
 	}
 	a.Hold = hold
+	close(fc.changed)
+	fc.changed = make(chan struct{})
+}
+
+// SetHung makes every request wait, without an answer and without end,
+// until it is released: a Consul whose process is stopped (SIGSTOP), or
+// whose container is paused.
+func (fc *FakeConsul) SetHung(hung bool) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	fc.hung = hung
 	close(fc.changed)
 	fc.changed = make(chan struct{})
 }

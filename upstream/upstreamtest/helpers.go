@@ -29,6 +29,7 @@ func NewMesh(t testing.TB, fc *FakeConsul, tweak func(*upstream.Config)) *upstre
 		WaitTime:           2 * time.Second,
 		RetryBackoff:       func(int) time.Duration { return 5 * time.Millisecond },
 		Logger:             Logger(t),
+		PingEvery:          20 * time.Millisecond,
 	}
 	if tweak != nil {
 		tweak(&cfg)
