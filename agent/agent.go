@@ -21,6 +21,7 @@ import (
 	"github.com/meshlet/meshlet/intercept"
 	"github.com/meshlet/meshlet/metrics"
 	"github.com/meshlet/meshlet/upstream"
+	"github.com/meshlet/meshlet/upstream/outbound"
 	"github.com/meshlet/meshlet/vip"
 )
 
@@ -30,6 +31,8 @@ type Agent struct {
 	log  *slog.Logger
 	vips *vip.Table
 	mesh *upstream.Mesh
+	// dispatch serves the intercepted connections with mesh's front-ends.
+	dispatch *outbound.Dispatcher
 
 	dnsServer *dns.Server
 	outbound  net.Listener
@@ -109,6 +112,9 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		return fmt.Errorf("%s: %w", cfg.source("state-dir"), err)
 	}
 	if err != nil {
+		return fmt.Errorf("starting upstream: %w", err)
+	}
+	if a.dispatch, err = outbound.New(a.mesh, outbound.Config{}); err != nil {
 		return fmt.Errorf("starting upstream: %w", err)
 	}
 	if len(cfg.Services) > 0 {
@@ -220,7 +226,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		case <-drainCtx.Done():
 		}
 	}()
-	if err := a.mesh.Shutdown(drainCtx); err != nil {
+	if err := a.dispatch.Shutdown(drainCtx); err != nil {
 		log.Warn("drain ended before every request finished", "err", err)
 	}
 	a.conns.Wait()
@@ -360,7 +366,7 @@ func (a *Agent) serveOutbound(ctx context.Context, c net.Conn) {
 		return
 	}
 	a.mesh.Watch(service)
-	a.mesh.ServeConn(ctx, c, service, service+"."+a.cfg.Suffixes[0])
+	a.dispatch.ServeConn(ctx, c, service, service+"."+a.cfg.Suffixes[0])
 }
 
 // serviceOf maps a VIP back to its service. An address the table does not

@@ -23,7 +23,7 @@ if [[ "${BENCH_GO:-1}" != 0 ]]; then
 	pin=()
 	(($(nproc) >= 2)) && pin=(taskset -c 1)
 	"${pin[@]}" go test -run '^$' -bench . -benchmem -benchtime 2s -cpu 1 \
-		./dns/ ./upstream/ ./vip/ ./bench/inproc/ 2>&1 | grep -E '^(Benchmark|ok|FAIL|goos|cpu)' | tee -a "$out/gobench.txt"
+		./dns/ ./upstream/... ./vip/ ./bench/inproc/ 2>&1 | grep -E '^(Benchmark|ok|FAIL|goos|cpu)' | tee -a "$out/gobench.txt"
 	echo '```' | tee -a "$out/gobench.txt"
 fi
 echo "bench: results in $out" >&2

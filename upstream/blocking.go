@@ -144,7 +144,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // answers: a stopped process, a paused container, a network that drops
 // packets) from one that merely has no change to report. A blocking query
 // looks the same in both cases for up to its whole wait; so when nothing
-// has answered for pingEvery, a cheap question with a short deadline
+// has answered for PingEvery, a cheap question with a short deadline
 // asks, and silence aborts every query in flight. The watches then fail
 // and retry as they do when Consul is down, and meshlet goes fail-static.
 // The zero value is ready to use; a nil *liveness does nothing.

@@ -10,7 +10,7 @@ import (
 // a small floor per second, so that a failing service is not hammered by
 // every request trying it three times. It is a token bucket: each request
 // adds RetryBudget tokens, each second adds RetryMinPerSec, a retry takes
-// one, and the bucket holds at most budgetBurst + RetryMinPerSec.
+// one, and the bucket holds at most RetryBudgetBurst + RetryMinPerSec.
 type retryBudget struct {
 	requests atomic.Int64 // counted lock-free on the request path
 
@@ -24,8 +24,8 @@ type retryBudget struct {
 	lastDeny atomic.Int64 // unix ns of the last denial, for rate-limited logs
 }
 
-// budgetBurst is how many retries a quiet service may spend at once.
-const budgetBurst = 10
+// RetryBudgetBurst is how many retries a quiet service may spend at once.
+const RetryBudgetBurst = 10
 
 // request counts one request toward the budget.
 func (b *retryBudget) request() { b.requests.Add(1) }
@@ -34,7 +34,7 @@ func (b *retryBudget) request() { b.requests.Add(1) }
 func (b *retryBudget) allow(now time.Time, p *Policy) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	capacity := budgetBurst + p.RetryMinPerSec
+	capacity := RetryBudgetBurst + p.RetryMinPerSec
 	reqs := b.requests.Load()
 	if !b.started {
 		// A new service starts with a full bucket: its first failures are

@@ -63,7 +63,7 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 		c.live.run(ctx, func(ctx context.Context) error {
 			_, err := status.LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
 			return err
-		}, m.cfg.pingEvery, m.cfg.CallTimeout, m.log)
+		}, m.cfg.PingEvery, m.cfg.CallTimeout, m.log)
 	}()
 	defer func() { <-pingDone }()
 	q := &blockingQuery[map[string][]string]{

@@ -23,7 +23,6 @@ const (
 	DefaultFirstAnswerTimeout = 5 * time.Second
 	DefaultWaitTime           = 5 * time.Minute
 	DefaultCallTimeout        = 5 * time.Second
-	DefaultSniffTimeout       = 300 * time.Millisecond
 	DefaultRetryBase          = 250 * time.Millisecond
 	DefaultRetryMax           = 10 * time.Second
 	DefaultSettleTime         = 30 * time.Second
@@ -34,9 +33,10 @@ type Config struct {
 	// Consul is the client for the catalog and health watches. Required.
 	Consul *api.Client
 
-	// Dialer opens the connections to instances; the agent's carries the
-	// socket mark that keeps them out of the interception rules. Nil means
-	// a plain dialer with a DefaultDialTimeout timeout.
+	// Dialer opens the connections to instances (see Mesh.Dial, which
+	// every front-end uses); the agent's carries the socket mark that keeps
+	// them out of the interception rules. Nil means a plain dialer with a
+	// DefaultDialTimeout timeout.
 	Dialer *net.Dialer
 
 	// Logger receives the package's logs. Nil discards them.
@@ -55,15 +55,10 @@ type Config struct {
 	// CallTimeout is how long a query of Consul that does not block may
 	// take, and the deadline of the liveness check that tells a Consul
 	// that hangs (accepts connections and never answers) from one with
-	// nothing new to say: when nothing has answered for pingEvery, the
+	// nothing new to say: when nothing has answered for PingEvery, the
 	// check asks, and no answer within CallTimeout fails every query in
 	// flight, as a Consul that is down would.
 	CallTimeout time.Duration
-
-	// SniffTimeout is how long ServeConn waits for the app's first bytes to
-	// tell HTTP from other TCP. Protocols where the server speaks first send
-	// nothing, so they are proxied as TCP once it has passed.
-	SniffTimeout time.Duration
 
 	// RetryBackoff returns how long a watch waits before its next query
 	// after attempt consecutive failures (attempt starts at 1). Nil means
@@ -107,32 +102,23 @@ type Config struct {
 	// so the address meshlet sees is 127.0.0.1, which tells an instance
 	// nothing. The agent sets the address the app is registered with, or
 	// else the namespace's primary address. The zero value keeps the
-	// address the connection came from.
+	// address the connection came from (see Mesh.AppendClientIP).
 	ClientAddr netip.Addr
 
 	// clientXFF is ClientAddr as X-Forwarded-For writes it, made once.
 	clientXFF string
 
-	// pingEvery is how long Consul may go without answering before the
-	// liveness check asks it (zero: defaultPingEvery). Tests shorten it.
-	pingEvery time.Duration
-
-	// appCheck is how often the forwarder, while it waits on an instance,
-	// looks whether the app is still there (zero: defaultAppCheck). Tests
-	// shorten it.
-	appCheck time.Duration
+	// PingEvery is how long Consul may go without answering before the
+	// liveness check asks it. Zero means DefaultPingEvery; tests shorten
+	// it.
+	PingEvery time.Duration
 }
 
-// defaultAppCheck is the slice of the forwarder's waits on an instance:
-// how late it may notice that the app left, or that an instance it sends
-// a request body to answered instead of reading.
-const defaultAppCheck = time.Second
-
-// defaultPingEvery bounds, with CallTimeout, how long a hung Consul goes
-// unnoticed: at most pingEvery + CallTimeout after its last answer. A
+// DefaultPingEvery bounds, with CallTimeout, how long a hung Consul goes
+// unnoticed: at most PingEvery + CallTimeout after its last answer. A
 // tiny request (/v1/status/leader) every 5 s per sidecar, and only while
 // no blocking query returns, costs Consul next to nothing.
-const defaultPingEvery = 5 * time.Second
+const DefaultPingEvery = 5 * time.Second
 
 // withDefaults checks cfg and fills in its zero values.
 func (cfg Config) withDefaults() (Config, error) {
@@ -147,7 +133,6 @@ func (cfg Config) withDefaults() (Config, error) {
 		{"FirstAnswerTimeout", &cfg.FirstAnswerTimeout, DefaultFirstAnswerTimeout},
 		{"WaitTime", &cfg.WaitTime, DefaultWaitTime},
 		{"CallTimeout", &cfg.CallTimeout, DefaultCallTimeout},
-		{"SniffTimeout", &cfg.SniffTimeout, DefaultSniffTimeout},
 		{"MaxStale", &cfg.MaxStale, 0},
 		{"SettleTime", &cfg.SettleTime, DefaultSettleTime},
 	} {
@@ -166,11 +151,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.ClientAddr.IsValid() {
 		cfg.clientXFF = cfg.ClientAddr.Unmap().WithZone("").String()
 	}
-	if cfg.pingEvery <= 0 {
-		cfg.pingEvery = defaultPingEvery
-	}
-	if cfg.appCheck <= 0 {
-		cfg.appCheck = defaultAppCheck
+	if cfg.PingEvery <= 0 {
+		cfg.PingEvery = DefaultPingEvery
 	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{Timeout: DefaultDialTimeout}

@@ -41,8 +41,8 @@ type EndpointSet struct {
 	// weights are equal (then it is 0, 1, ..., n-1).
 	order []int32
 	// sticky maps cookie values to indexes; nil unless the service is sticky.
-	sticky map[stickyID]int
-	ids    []stickyID // cookie value of each endpoint, when sticky
+	sticky map[StickyID]int
+	ids    []StickyID // cookie value of each endpoint, when sticky
 	codec  *cookieCodec
 
 	ejectMu sync.Mutex // serialises ejection decisions (rare)
@@ -68,8 +68,8 @@ func buildSet(eps []Endpoint, reg *hostRegistry, codec *cookieCodec) *EndpointSe
 	}
 	s.order = weightedOrder(eps)
 	if codec != nil {
-		s.sticky = make(map[stickyID]int, len(eps))
-		s.ids = make([]stickyID, len(eps))
+		s.sticky = make(map[StickyID]int, len(eps))
+		s.ids = make([]StickyID, len(eps))
 		for i, e := range eps {
 			id := codec.id(e.Node, e.ID)
 			s.ids[i] = id

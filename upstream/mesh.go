@@ -3,32 +3,20 @@ package upstream
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httputil"
 	"strings"
 	"sync"
 )
 
-// Mesh watches Consul and proxies the app's connections to the instances
-// of the services they are for.
+// Mesh watches Consul and routes the app's requests and connections to
+// the instances of the services they are for; the front-ends that speak
+// their protocols ask it (pick.go, attempt.go).
 type Mesh struct {
 	cfg     Config
 	log     *slog.Logger
 	health  healthSource
 	catalog *catalogWatch
-
-	proxy     *httputil.ReverseProxy
-	server    *http.Server
-	listener  *connListener
-	startHTTP sync.Once
-	conns     *connSet
-	bufs      *bufferPool
-	state     *stateStore // nil without Config.StateDir
-	h1conns   sync.Pool   // *h1conn, the forwarder's per-connection state
-	upPools   *upPools    // the forwarder's connections to instances
+	state   *stateStore // nil without Config.StateDir
 
 	mu       sync.Mutex
 	watches  map[string]*serviceWatch
@@ -37,44 +25,24 @@ type Mesh struct {
 	watchers sync.WaitGroup
 }
 
-// New checks cfg and returns a Mesh; nothing runs until Run and ServeConn.
+// New checks cfg and returns a Mesh; nothing runs until Run.
 func New(cfg Config) (*Mesh, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	m := &Mesh{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		health:   cfg.Consul.Health(),
-		catalog:  &catalogWatch{source: cfg.Consul.Catalog(), waitTime: cfg.WaitTime},
-		listener: newConnListener(),
-		conns:    newConnSet(),
-		bufs:     newBufferPool(32 << 10),
-		watches:  make(map[string]*serviceWatch),
-		upPools:  newUpPools(cfg.Dialer),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		health:  cfg.Consul.Health(),
+		catalog: &catalogWatch{source: cfg.Consul.Catalog(), waitTime: cfg.WaitTime},
+		watches: make(map[string]*serviceWatch),
 	}
-	m.h1conns.New = m.newH1conn
 	if cfg.StateDir != "" {
 		if m.state, err = openState(cfg.StateDir, cfg.StateID, cfg.Logger); err != nil {
 			return nil, err
 		}
 		m.loadState()
-	}
-	m.proxy = m.newReverseProxy()
-	m.server = &http.Server{
-		Handler: http.HandlerFunc(m.serveHTTP),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if sc, ok := c.(*servedConn); ok {
-				return context.WithValue(ctx, targetKey{}, sc.target)
-			}
-			return ctx
-		},
-		// The app's idle keep-alive connections cost a goroutine each; an
-		// hour is long enough that no well-behaved client notices.
-		IdleTimeout:    appIdleTimeout,
-		MaxHeaderBytes: maxHeadSize, // as the forwarder's limit
-		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	return m, nil
 }
@@ -206,81 +174,28 @@ func (m *Mesh) watchOf(name string) *serviceWatch {
 	return m.watches[name]
 }
 
-// ServeConn proxies one connection the app made to service and returns
-// when it is done. host is the name the app used to reach the service
-// ("web.local"), sent as Host for requests that have none. HTTP/1.x is
-// proxied per request, anything else per connection. ServeConn closes
-// conn, also when ctx ends.
-func (m *Mesh) ServeConn(ctx context.Context, conn net.Conn, service string, host string) {
-	if service == "" {
-		m.log.Warn("dropping a connection for no service", "from", conn.RemoteAddr())
-		conn.Close()
-		return
-	}
-	live := newLiveConn(conn)
-	if !m.conns.add(live) {
-		conn.Close()
-		return
-	}
-	defer m.conns.remove(live)
-	stop := context.AfterFunc(ctx, live.Close)
-	defer stop()
+// Logger is where the mesh logs (Config.Logger), for its front-ends.
+func (m *Mesh) Logger() *slog.Logger { return m.log }
 
-	w := m.watch(service)
-	proto, peeked, err := sniff(conn, m.cfg.SniffTimeout)
-	if err != nil {
-		m.log.Debug("dropping connection", "service", w.name, "from", conn.RemoteAddr(), "err", err)
-		conn.Close()
-		return
+// ConsecutiveFailures returns how many times in a row the instance with
+// the given service ID has failed for passive health, as the current
+// view of a watched service has it (0 if unknown): for diagnostics and
+// the front-ends' tests.
+func (m *Mesh) ConsecutiveFailures(service, id string) int64 {
+	w := m.watchOf(strings.ToLower(service))
+	if w == nil {
+		return 0
 	}
-	if proto == protoTCP {
-		m.serveTCP(ctx, live, conn, peeked, w)
-		return
+	v := w.view.Load()
+	if v == nil {
+		return 0
 	}
-	m.serveH1(ctx, live, conn, peeked, &connTarget{watch: w, host: host})
-}
-
-// handToHTTP serves conn with the net/http path (http.Server, ReverseProxy)
-// until it is done; peeked are bytes already read from it, replayed first.
-func (m *Mesh) handToHTTP(ctx context.Context, conn net.Conn, peeked []byte, t *connTarget) {
-	m.startHTTP.Do(func() {
-		go func() {
-			if err := m.server.Serve(m.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				m.log.Error("internal http server stopped", "err", err)
+	for _, set := range []*EndpointSet{v.passing, v.all} {
+		for i := range set.Len() {
+			if set.At(i).ID == id {
+				return set.hosts[i].failures.Load()
 			}
-		}()
-	})
-	sc := &servedConn{
-		Conn:   &peekedConn{Conn: conn, peeked: peeked},
-		target: t,
-		done:   make(chan struct{}),
-	}
-	if !m.listener.hand(ctx, sc) {
-		sc.Close()
-		return
-	}
-	<-sc.done
-}
-
-// Shutdown stops taking connections, lets requests in flight and raw
-// connections finish until ctx ends, then closes whatever is left. Idle
-// keep-alive connections are closed at once.
-func (m *Mesh) Shutdown(ctx context.Context) error {
-	drained := m.conns.drain()
-	m.upPools.close()
-	err := m.server.Shutdown(ctx)
-	m.listener.Close()
-	if err == nil {
-		select {
-		case <-drained:
-		case <-ctx.Done():
-			err = ctx.Err()
 		}
 	}
-	if err != nil {
-		m.server.Close()
-		m.conns.closeAll()
-		return fmt.Errorf("draining proxied connections: %w", err)
-	}
-	return nil
+	return 0
 }

@@ -126,7 +126,7 @@ func TestRetryBudget(t *testing.T) {
 			t.Fatal("unbounded")
 		}
 	}
-	if want := budgetBurst + 2; allowed != want {
+	if want := RetryBudgetBurst + 2; allowed != want {
 		t.Errorf("a fresh budget allowed %d retries at once, want %d", allowed, want)
 	}
 	// 100 requests earn 20 retries, capped at the burst.
@@ -137,8 +137,8 @@ func TestRetryBudget(t *testing.T) {
 	for b.allow(now, &p) {
 		allowed++
 	}
-	if allowed != budgetBurst+2 {
-		t.Errorf("after 100 requests: %d retries, want %d (capped)", allowed, budgetBurst+2)
+	if allowed != RetryBudgetBurst+2 {
+		t.Errorf("after 100 requests: %d retries, want %d (capped)", allowed, RetryBudgetBurst+2)
 	}
 	for range 10 {
 		b.request()
@@ -158,7 +158,7 @@ func TestRetryBudget(t *testing.T) {
 	if allowed != 3 {
 		t.Errorf("after 1.5 s: %d retries, want 3", allowed)
 	}
-	if b.denied.Load() != 4 || b.retried.Load() != int64(2*(budgetBurst+2)+5) {
+	if b.denied.Load() != 4 || b.retried.Load() != int64(2*(RetryBudgetBurst+2)+5) {
 		t.Errorf("counted %d denied, %d retried", b.denied.Load(), b.retried.Load())
 	}
 }

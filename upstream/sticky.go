@@ -26,8 +26,8 @@ const (
 	maxCookieHeaderLn = 16 << 10
 )
 
-// stickyID is a decoded cookie value.
-type stickyID [stickyIDLen]byte
+// StickyID is a decoded cookie value.
+type StickyID [stickyIDLen]byte
 
 // cookieCodec computes the cookie values of one service's instances.
 type cookieCodec struct {
@@ -49,24 +49,24 @@ func newCookieCodec(service, cookieName string, secret []byte) *cookieCodec {
 }
 
 // id returns the sticky ID of the instance with the given node and ID.
-func (c *cookieCodec) id(node, serviceID string) stickyID {
+func (c *cookieCodec) id(node, serviceID string) StickyID {
 	mac := hmac.New(sha256.New, c.key[:])
 	mac.Write([]byte(node))
 	mac.Write([]byte{0})
 	mac.Write([]byte(serviceID))
-	var id stickyID
+	var id StickyID
 	copy(id[:], mac.Sum(nil))
 	return id
 }
 
-func (id stickyID) String() string {
+func (id StickyID) String() string {
 	return base64.RawURLEncoding.EncodeToString(id[:])
 }
 
 // parseStickyValue decodes a cookie value; anything that is not exactly a
 // value we could have made is rejected.
-func parseStickyValue(v string) (stickyID, bool) {
-	var id stickyID
+func parseStickyValue(v string) (StickyID, bool) {
+	var id StickyID
 	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 		v = v[1 : len(v)-1]
 	}
@@ -75,32 +75,32 @@ func parseStickyValue(v string) (stickyID, bool) {
 	}
 	n, err := base64.RawURLEncoding.Strict().Decode(id[:], []byte(v))
 	if err != nil || n != stickyIDLen {
-		return stickyID{}, false
+		return StickyID{}, false
 	}
 	return id, true
 }
 
-// stickyCookies calls found with the decoded value of each cookie called
+// StickyCookies calls found with the decoded value of each cookie called
 // name in the request's Cookie headers, in order, until it returns true,
 // and reports whether it did. It reads at most maxCookieHeaderLn bytes of
 // each header line and looks at most at maxStickyCookies cookies of that
 // name, so a request stuffed with cookies costs little; values that do not
 // decode are skipped.
-func stickyCookies(h http.Header, name string, found func(stickyID) bool) bool {
+func StickyCookies(h http.Header, name string, found func(StickyID) bool) bool {
 	seen := 0
 	for _, line := range h["Cookie"] {
-		if hit, stop := stickyCookieLine(line, name, &seen, found); stop {
+		if hit, stop := StickyCookieLine(line, name, &seen, found); stop {
 			return hit
 		}
 	}
 	return false
 }
 
-// stickyCookieLine is stickyCookies for one Cookie header line; seen
+// StickyCookieLine is StickyCookies for one Cookie header line; seen
 // counts the cookies of that name across the request's lines. stop says
 // that looking further is over: found returned true (hit) or too many
 // cookies of the name were seen.
-func stickyCookieLine(line, name string, seen *int, found func(stickyID) bool) (hit, stop bool) {
+func StickyCookieLine(line, name string, seen *int, found func(StickyID) bool) (hit, stop bool) {
 	if len(line) > maxCookieHeaderLn {
 		line = line[:maxCookieHeaderLn]
 	}
@@ -120,7 +120,7 @@ func stickyCookieLine(line, name string, seen *int, found func(stickyID) bool) (
 }
 
 // setCookie is the Set-Cookie value pinning a client to id.
-func (c *cookieCodec) setCookie(id stickyID, maxAge int) string {
+func (c *cookieCodec) setCookie(id StickyID, maxAge int) string {
 	var b strings.Builder
 	b.WriteString(c.name)
 	b.WriteByte('=')
@@ -134,18 +134,18 @@ func (c *cookieCodec) setCookie(id stickyID, maxAge int) string {
 	return b.String()
 }
 
-// setsCookie reports whether a response already sets a cookie called name.
-func setsCookie(h http.Header, name string) bool {
+// SetsCookie reports whether a response already sets a cookie called name.
+func SetsCookie(h http.Header, name string) bool {
 	for _, line := range h["Set-Cookie"] {
-		if cookieLineNames(line, name) {
+		if CookieLineNames(line, name) {
 			return true
 		}
 	}
 	return false
 }
 
-// cookieLineNames reports whether a Set-Cookie value sets the cookie name.
-func cookieLineNames(line, name string) bool {
+// CookieLineNames reports whether a Set-Cookie value sets the cookie name.
+func CookieLineNames(line, name string) bool {
 	k, _, _ := strings.Cut(line, "=")
 	return strings.TrimSpace(k) == name
 }
@@ -153,4 +153,11 @@ func cookieLineNames(line, name string) bool {
 // isTokenChar reports whether c may appear in a cookie name (an RFC 7230 token).
 func isTokenChar(c byte) bool {
 	return isAlnumByte(c) || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// StickyValue is the sticky cookie value that names the instance with the
+// given node and service ID, for a service's cookie name and sticky key
+// (nil: none): what every sidecar of the mesh computes for it.
+func StickyValue(service, cookieName string, key []byte, node, serviceID string) string {
+	return newCookieCodec(service, cookieName, key).id(node, serviceID).String()
 }

@@ -70,7 +70,7 @@ func TestParseStickyValue(t *testing.T) {
 func TestStickyCookies(t *testing.T) {
 	c := newCookieCodec("web", "CONTAINERID", nil)
 	a, b := c.id("n", "a"), c.id("n", "b")
-	known := map[stickyID]string{a: "a", b: "b"}
+	known := map[StickyID]string{a: "a", b: "b"}
 	for _, tc := range []struct {
 		name  string
 		lines []string
@@ -89,7 +89,7 @@ func TestStickyCookies(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := ""
-			stickyCookies(http.Header{"Cookie": tc.lines}, "CONTAINERID", func(id stickyID) bool {
+			StickyCookies(http.Header{"Cookie": tc.lines}, "CONTAINERID", func(id StickyID) bool {
 				got = known[id]
 				return got != ""
 			})
@@ -116,8 +116,8 @@ func TestSetCookieAttributes(t *testing.T) {
 		t.Errorf("parsed = %+v, %v", parsed, err)
 	}
 	h := http.Header{"Set-Cookie": {"session=1; Path=/", " CONTAINERID=x"}}
-	if !setsCookie(h, "CONTAINERID") || setsCookie(h, "other") {
-		t.Error("setsCookie does not tell which cookies a response sets")
+	if !SetsCookie(h, "CONTAINERID") || SetsCookie(h, "other") {
+		t.Error("SetsCookie does not tell which cookies a response sets")
 	}
 }
 
@@ -152,7 +152,7 @@ func FuzzStickyCookies(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, line string) {
 		calls := 0
-		stickyCookies(http.Header{"Cookie": {line}}, "CONTAINERID", func(id stickyID) bool {
+		StickyCookies(http.Header{"Cookie": {line}}, "CONTAINERID", func(id StickyID) bool {
 			calls++
 			if len(id.String()) != stickyValueLen {
 				t.Fatalf("reported an ID of the wrong size: %q", id)
@@ -182,7 +182,7 @@ func BenchmarkStickyPerRequest(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			found := -1
-			stickyCookies(h, "CONTAINERID", func(id stickyID) bool {
+			StickyCookies(h, "CONTAINERID", func(id StickyID) bool {
 				i, ok := set.sticky[id]
 				found = i
 				return ok

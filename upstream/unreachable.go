@@ -45,7 +45,7 @@ func connectTimedOut(err error) bool {
 		return false
 	}
 	var ne net.Error
-	return errors.Is(de.err, errTryTimeout) || errors.Is(de.err, errRequestTimeout) ||
+	return errors.Is(de.err, ErrTryTimeout) || errors.Is(de.err, ErrRequestTimeout) ||
 		errors.Is(de.err, context.DeadlineExceeded) || errors.Is(de.err, os.ErrDeadlineExceeded) ||
 		(errors.As(de.err, &ne) && ne.Timeout())
 }

@@ -1,6 +1,7 @@
 // Package inproc holds Go benchmarks of meshlet's hot paths that run in one
 // process, without namespaces or root: one proxied HTTP request through
-// upstream.Mesh (a real TCP connection in, a pooled one out). The DNS
+// the routing core and its outbound dispatcher (a real TCP connection in,
+// a pooled one out). The DNS
 // answer has its own in dns/bench_test.go.
 //
 // The client and the instance here are raw sockets that allocate nothing
@@ -26,6 +27,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/upstream"
+	"github.com/meshlet/meshlet/upstream/outbound"
 )
 
 const payloadSize = 1024
@@ -156,6 +158,10 @@ func startMesh(tb testing.TB) string {
 		m.Run(ctx)
 	}()
 	m.Watch("web")
+	d, err := outbound.New(m, outbound.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -166,13 +172,13 @@ func startMesh(tb testing.TB) string {
 			if err != nil {
 				return
 			}
-			go m.ServeConn(ctx, c, "web", "web.local")
+			go d.ServeConn(ctx, c, "web", "web.local")
 		}
 	}()
 	tb.Cleanup(func() {
 		ln.Close()
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		m.Shutdown(sctx)
+		d.Shutdown(sctx)
 		scancel()
 		cancel()
 		<-runDone
