@@ -39,7 +39,6 @@ type Agent struct {
 	rules     *intercept.Manager      // nil without --intercept
 	registrar *registration.Registrar // nil for a pure client sidecar
 	metrics   *metrics.Metrics
-	started   time.Time
 
 	listening atomic.Bool // DNS and outbound listeners bound
 	rulesUp   atomic.Bool // rules installed (or not wanted)
@@ -58,7 +57,7 @@ type Agent struct {
 // same way, without the drain period, and Run returns nil. Start-up
 // errors name the setting at fault, and leave no rule behind.
 func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
-	a := &Agent{cfg: cfg, log: log, started: time.Now()}
+	a := &Agent{cfg: cfg, log: log}
 	// The first look at the app's interfaces comes first of all, so that
 	// even a short-lived app is seen before it ends.
 	ctx, stopWith := context.WithCancelCause(ctx)
@@ -95,7 +94,15 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	if instanceDialer.Timeout <= 0 {
 		instanceDialer.Timeout = upstream.DefaultDialTimeout
 	}
+	a.metrics = metrics.New()
+	accessLog, closeAccessLog, err := openAccessLog(cfg.AccessLog)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cfg.source("access-log"), err)
+	}
+	defer closeAccessLog()
 	a.mesh, err = upstream.New(upstream.Config{
+		Metrics:   a.metrics,
+		AccessLog: accessLog,
 		Consul:    consul,
 		Dialer:    &instanceDialer,
 		Logger:    log.With("part", "upstream"),

@@ -32,6 +32,9 @@ type Config struct {
 	DrainTimeout   time.Duration // how long in-flight requests may run after SIGTERM
 	LogLevel       slog.Level
 	LogFormat      string // text or json
+	// AccessLog is where one JSON line per request goes: "" (none),
+	// "stdout", "stderr" or a file, appended to.
+	AccessLog string
 
 	// AdvertiseAddr is the go-sockaddr template of the address the app is
 	// registered with; evaluated only when there is something to register.
@@ -232,6 +235,11 @@ func settings(consulDefault string) []setting {
 		{"log-level", "MESHLET_LOG_LEVEL", "info", "debug, info, warn or error",
 			func(c *Config, v string) error {
 				return c.LogLevel.UnmarshalText([]byte(v))
+			}},
+		{"access-log", "MESHLET_ACCESS_LOG", "", "one JSON line per request to stdout, stderr or a file (default: none)",
+			func(c *Config, v string) error {
+				c.AccessLog = v
+				return nil
 			}},
 		{"log-format", "MESHLET_LOG_FORMAT", "text", "text or json",
 			func(c *Config, v string) error {

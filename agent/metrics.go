@@ -2,8 +2,10 @@ package agent
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
-	"regexp"
+	"os"
 	"strings"
 	"time"
 
@@ -13,12 +15,12 @@ import (
 	"github.com/meshlet/meshlet/metrics"
 )
 
-// setupMetrics makes the agent's registry and the collectors read at
-// scrape time; the parts that count on their hot paths get their handles
-// from a.metrics.
+// setupMetrics adds the collectors read at scrape time to the agent's
+// registry (a.metrics, made before the parts that count on their hot
+// paths).
 func (a *Agent) setupMetrics() {
-	a.metrics = metrics.New()
 	a.metrics.WatchConsul(a.consulState)
+	a.metrics.WatchServices(a.serviceStates)
 	if a.registrar != nil {
 		a.metrics.WatchRegistrations(a.registrationStates)
 	}
@@ -39,23 +41,48 @@ func (l promLogger) Println(v ...any) {
 	l.a.log.Warn("serving /metrics", "err", strings.TrimSpace(fmt.Sprintln(v...)))
 }
 
-// failStaticAge finds the age in a fail-static note of upstream's Status.
-var failStaticAge = regexp.MustCompile(`^fail-static: .*?(?:for|confirmed) ([0-9hms.]+)`)
-
-// consulState is meshlet's view of Consul for a scrape, from what
-// upstream reports for /readyz.
+// consulState is meshlet's view of Consul for a scrape.
 func (a *Agent) consulState() metrics.ConsulState {
-	var st metrics.ConsulState
-	if ok, _ := a.mesh.CatalogReady(); !ok {
-		st.SinceAnswer = time.Since(a.started) // never answered
-	}
-	for _, note := range a.mesh.Status() {
-		if m := failStaticAge.FindStringSubmatch(note); m != nil {
-			st.FailStatic = true
-			st.SinceAnswer, _ = time.ParseDuration(m[1])
+	st := a.mesh.ConsulState()
+	return metrics.ConsulState{SinceAnswer: st.SinceAnswer, FailStatic: st.FailStatic, WatchErrors: st.WatchErrors}
+}
+
+// serviceStates counts the instances of the services in use for a scrape.
+func (a *Agent) serviceStates() []metrics.ServiceState {
+	var out []metrics.ServiceState
+	for name := range a.vips.Snapshot() {
+		st := metrics.ServiceState{Service: name}
+		for _, in := range a.mesh.Instances(name) {
+			st.Passing++
+			if in.EjectedFor > 0 {
+				st.Ejected++
+			}
 		}
+		out = append(out, st)
 	}
-	return st
+	return out
+}
+
+// openAccessLog returns the logger of --access-log (nil for none) and
+// what closes its file.
+func openAccessLog(where string) (*slog.Logger, func(), error) {
+	var w io.Writer
+	closer := func() {}
+	switch where {
+	case "":
+		return nil, closer, nil
+	case "stdout":
+		w = os.Stdout
+	case "stderr":
+		w = os.Stderr
+	default:
+		f, err := os.OpenFile(where, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, nil, err
+		}
+		w, closer = f, func() { f.Close() }
+	}
+	return slog.New(slog.NewJSONHandler(w, nil)), closer, nil
 }
 
 func (a *Agent) registrationStates() []metrics.Registration {

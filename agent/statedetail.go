@@ -41,10 +41,11 @@ func (a *Agent) addServiceDetail(s *stateService) {
 	for _, c := range ms.InstanceCounts() {
 		counts[c.ID] = c
 	}
-	for _, e := range a.mesh.Endpoints(s.Name) {
-		c := counts[e.ID]
+	for _, in := range a.mesh.Instances(s.Name) {
+		c := counts[in.ID]
 		s.Instances = append(s.Instances, stateInstance{
-			ID: e.ID, Node: e.Node, Addr: e.Addr, Status: e.Status,
+			ID: in.ID, Node: in.Node, Addr: in.Addr, Status: in.Status,
+			Ejected: in.EjectedFor > 0, EjectedForSeconds: in.EjectedFor.Seconds(), InFlight: in.InFlight,
 			Requests: c.Requests, Failures: c.Failures, Ejections: c.Ejections,
 		})
 	}

@@ -300,6 +300,19 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 		t.Errorf("raw TCP bytes received: %v %v, want the instance's 400 answers (over 100 bytes)", res, err)
 	}
 
+	// meshlet status, in the app's namespace, shows the same.
+	out, err := w.App.Run(ctx, w.Bins.Meshlet, "status")
+	if err != nil {
+		t.Errorf("meshlet status: %v\n%s", err, out)
+	}
+	t.Logf("meshlet status:\n%s", out)
+	for _, want := range []string{"service web  vip " + webVIP.String(), "service api  vip " + apiVIP.String(),
+		"requests 55 (2xx 40, 4xx 10, 5xx 5)", "raw tcp: 3 connections, 0 open", w.Instances[0].Name, w.Instances[1].Name, "consul: answering"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("meshlet status lacks %q:\n%s", want, out)
+		}
+	}
+
 	// Every query of the dashboard, as Grafana would send it.
 	exprs := dashboardQueries(t)
 	err = meshlab.Poll(ctx, 15*time.Second, "every dashboard query to return data", func() error {

@@ -78,7 +78,7 @@ func New() *Metrics {
 		"HTTP requests the app sent to a service, by the class of the status it got (meshlet's own answers included).", "service", "class")
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "request_duration_seconds",
-		Help:    "Time from a request's arrival to the end of its answer's head, retries included, per service.",
+		Help:    "Time from a request's head to the end of its answer (retries included), per service.",
 		Buckets: LatencyBuckets,
 	}, []string{"service"})
 	m.reg.MustRegister(m.latency)

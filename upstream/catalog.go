@@ -82,6 +82,7 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 		answered:    func(afterFailures int) { c.answeredAgain(afterFailures, m) },
 		apply:       func(services map[string][]string) { c.apply(services, m) },
 		failed: func(err error, streak int) {
+			m.watchErrors.Add(1)
 			c.lastErr.Store(&err)
 			c.failed(streak, m)
 		},

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/internal/backoff"
+	"github.com/meshlet/meshlet/metrics"
 )
 
 // Defaults for the zero values of [Config].
@@ -104,6 +105,14 @@ type Config struct {
 	// else the namespace's primary address. The zero value keeps the
 	// address the connection came from (see Mesh.AppendClientIP).
 	ClientAddr netip.Addr
+
+	// Metrics receives the routing's counters (requests, retries,
+	// instances, stickiness, raw TCP). Nil counts nothing.
+	Metrics *metrics.Metrics
+
+	// AccessLog, when not nil, gets one line per request of the app
+	// (see Mesh.Done). Nil: no access log, and no cost.
+	AccessLog *slog.Logger
 
 	// clientXFF is ClientAddr as X-Forwarded-For writes it, made once.
 	clientXFF string

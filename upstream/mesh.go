@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Mesh watches Consul and routes the app's requests and connections to
@@ -17,6 +19,9 @@ type Mesh struct {
 	health  healthSource
 	catalog *catalogWatch
 	state   *stateStore // nil without Config.StateDir
+	// watchErrors counts failed queries of the catalog and health watches.
+	watchErrors atomic.Uint64
+	created     time.Time
 
 	mu       sync.Mutex
 	watches  map[string]*serviceWatch
@@ -37,6 +42,7 @@ func New(cfg Config) (*Mesh, error) {
 		health:  cfg.Consul.Health(),
 		catalog: &catalogWatch{source: cfg.Consul.Catalog(), waitTime: cfg.WaitTime},
 		watches: make(map[string]*serviceWatch),
+		created: time.Now(),
 	}
 	if cfg.StateDir != "" {
 		if m.state, err = openState(cfg.StateDir, cfg.StateID, cfg.Logger); err != nil {
@@ -110,6 +116,8 @@ func (m *Mesh) watch(name string) *serviceWatch {
 		return w
 	}
 	w := newServiceWatch(name)
+	w.metrics = m.cfg.Metrics.Service(name)
+	w.hosts.metrics = w.metrics
 	m.watches[name] = w
 	m.startWatchLocked(w)
 	return w

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/meshlet/meshlet/metrics"
 )
 
 // hostState is the runtime state of one instance, shared by every set the
@@ -20,6 +22,8 @@ type hostState struct {
 	probing      atomic.Bool  // a probe keeps it out until it accepts a connection (unreachable.go)
 	connecting   atomic.Int64 // unix ns when a connect to it began that has not ended; 0: none
 	gone         atomic.Bool  // forgotten by its registry: a probe of it stops
+	// metrics are the instance's counters, resolved once (nil: none).
+	metrics *metrics.Instance
 }
 
 // available reports whether the instance is not ejected at now, and not
@@ -118,14 +122,17 @@ func (s *EndpointSet) eject(i int, now time.Time, p *Policy) (time.Duration, boo
 	d := time.Duration(k) * p.EjectTime
 	h.ejectedUntil.Store(nowNs + int64(d))
 	h.failures.Store(0)
+	h.metrics.Ejected()
 	return d, true
 }
 
 // hostRegistry hands out the hostState of each instance, the same one for
 // as long as the instance is registered.
 type hostRegistry struct {
-	mu    sync.Mutex
-	hosts map[string]*hostState
+	mu      sync.Mutex
+	hosts   map[string]*hostState
+	ids     map[string]string // hostKey → Consul service ID, for the metrics
+	metrics *metrics.Service  // nil: none
 }
 
 func hostKey(e Endpoint) string { return e.Node + "\x00" + e.ID }
@@ -139,8 +146,14 @@ func (r *hostRegistry) get(e Endpoint) *hostState {
 	}
 	h := r.hosts[hostKey(e)]
 	if h == nil {
-		h = &hostState{}
+		h = &hostState{metrics: r.metrics.Instance(e.ID)}
 		r.hosts[hostKey(e)] = h
+		if r.metrics != nil {
+			if r.ids == nil {
+				r.ids = map[string]string{}
+			}
+			r.ids[hostKey(e)] = e.ID
+		}
 	}
 	return h
 }
@@ -166,6 +179,11 @@ func (r *hostRegistry) keep(keep map[string]bool) {
 		if !keep[k] {
 			r.hosts[k].gone.Store(true)
 			delete(r.hosts, k)
+			if id, ok := r.ids[k]; ok {
+				// It left Consul: its series go with it.
+				r.metrics.ForgetInstance(id)
+				delete(r.ids, k)
+			}
 		}
 	}
 }

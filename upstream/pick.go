@@ -50,8 +50,13 @@ type Pick struct {
 	cookie int   // endpoint the request's sticky cookie names; -1: none
 	// budgetDenied is set when a retry was refused for want of budget.
 	budgetDenied bool
-	now          int64          // unix ns when the pick was made
-	avail        func(int) bool // see availableNow
+	// stickyRouted: the request went where its valid sticky cookie said.
+	stickyRouted bool
+	// hadCookie: the request carried a sticky cookie value, valid or not;
+	// a new cookie for it is a re-pin.
+	hadCookie bool
+	now       int64          // unix ns when the pick was made
+	avail     func(int) bool // see availableNow
 }
 
 // Reset makes p ready for the next Choose, keeping what it allocated.
@@ -111,12 +116,14 @@ func (m *Mesh) Choose(ctx context.Context, t *Target, p *Pick, cookies CookieFin
 	now := time.Now()
 	set, v, code, msg := m.route(watch, now, answered)
 	if set == nil {
+		p.target, p.set = nil, nil // Done must not take an earlier request's routing for this one's
 		return code, msg, false
 	}
-	p.target, p.set, p.policy, p.cookie, p.budgetDenied = t, set, &v.policy, -1, false
+	p.target, p.set, p.policy, p.cookie, p.budgetDenied, p.stickyRouted, p.hadCookie = t, set, &v.policy, -1, false, false, false
 	p.now, p.idx = now.UnixNano(), -1
 	if v.policy.Sticky && set.sticky != nil && cookies != nil {
 		cookies(v.policy.CookieName, func(id StickyID) bool {
+			p.hadCookie = true
 			i, ok := p.set.sticky[id]
 			if !ok {
 				return false // forged, or an instance not in the set: look on
@@ -129,7 +136,10 @@ func (m *Mesh) Choose(ctx context.Context, t *Target, p *Pick, cookies CookieFin
 		})
 	}
 	idx := p.idx
-	if idx < 0 {
+	if idx >= 0 {
+		p.stickyRouted = true
+		watch.metrics.StickyRouted()
+	} else {
 		var ok bool
 		sel := watch.selector(&v.policy)
 		if idx, ok = sel.Select(set, p.availableNow()); !ok {
@@ -140,6 +150,7 @@ func (m *Mesh) Choose(ctx context.Context, t *Target, p *Pick, cookies CookieFin
 		p.tried = make([]int, 0, 1+v.policy.Retries)
 	}
 	p.idx, p.tried = idx, append(p.tried[:0], idx)
+	set.hosts[idx].metrics.Attempt()
 	watch.budget.request()
 	return "", "", true
 }
@@ -192,10 +203,15 @@ func (m *Mesh) pickFailed(p *Pick, now time.Time, err error) {
 	m.instanceFailed(p.target.watch, p.set, p.idx, now, p.policy, err)
 }
 
+// StickyRouted reports whether the request went where its valid sticky
+// cookie said.
+func (p *Pick) StickyRouted() bool { return p.stickyRouted }
+
 // instanceFailed counts a failure (err) of instance i of set for passive
 // health (HTTP requests and raw connections alike), and logs an ejection.
 // A connect timeout ejects at once (unreachable.go).
 func (m *Mesh) instanceFailed(w *serviceWatch, set *EndpointSet, i int, now time.Time, policy *Policy, err error) {
+	set.hosts[i].metrics.Failed()
 	if connectTimedOut(err) {
 		if n, ok := w.logs.connect.allow(now); ok {
 			m.log.Warn("instance connect timed out", "service", w.name, "instance", set.At(i).Addr,
@@ -230,6 +246,7 @@ func (m *Mesh) Answered(p *Pick, status int) {
 // TCP, where no answer is seen) as a success for passive health.
 func (m *Mesh) Connected(p *Pick) {
 	p.set.hosts[p.idx].succeeded(time.Now().UnixNano(), p.policy)
+	p.target.watch.metrics.TCPOpened()
 }
 
 // Retry decides whether an attempt that failed with err before any
@@ -258,6 +275,7 @@ func (m *Mesh) Retry(p *Pick, method string, replayable bool, err error, attempt
 	}
 	if !w.budget.allow(now, p.policy) {
 		p.budgetDenied = true
+		w.metrics.RetryRefused()
 		if last := w.budget.lastDeny.Swap(nowNs); nowNs-last > int64(10*time.Second) {
 			m.log.Warn("retry budget exhausted: not retrying", "service", w.name,
 				"budget", p.policy.RetryBudget, "min_per_sec", p.policy.RetryMinPerSec, "denied_so_far", w.budget.denied.Load())
@@ -275,6 +293,8 @@ func (m *Mesh) Retry(p *Pick, method string, replayable bool, err error, attempt
 	}
 	p.idx = next
 	p.tried = append(p.tried, next)
+	w.metrics.Retry()
+	p.set.hosts[next].metrics.Attempt()
 	return true
 }
 
@@ -329,6 +349,9 @@ func (p *Pick) PinCookie() (string, bool) {
 	if !p.policy.Sticky || p.set.codec == nil || p.cookie == p.idx {
 		return "", false
 	}
+	// A request whose cookie named an instance that is gone, failing or
+	// ejected (or no instance at all) is re-pinned; one without is pinned.
+	p.target.watch.metrics.StickyPinned(p.hadCookie)
 	maxAge := 0
 	if p.policy.CookieMaxAge > 0 {
 		maxAge = max(1, int(p.policy.CookieMaxAge/time.Second))

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/metrics"
 )
 
 // healthSource is the part of Consul's health API a service watch needs;
@@ -28,6 +30,8 @@ type serviceWatch struct {
 	budget retryBudget
 	hosts  hostRegistry
 	logs   serviceLogs
+	// metrics are the service's series, resolved once (nil: none).
+	metrics *metrics.Service
 
 	// answered is closed once requests need not wait for Consul: at its
 	// first answer, or at its first failure when the state file gave a view.
@@ -84,7 +88,10 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 			}
 			w.update(eps, m, false)
 		},
-		failed:  func(_ error, streak int) { w.failed(streak, m.catalog.live.since(time.Now())) },
+		failed: func(_ error, streak int) {
+			m.watchErrors.Add(1)
+			w.failed(streak, m.catalog.live.since(time.Now()))
+		},
 		backoff: m.cfg.RetryBackoff,
 		log:     m.log,
 	}

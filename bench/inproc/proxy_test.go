@@ -16,6 +16,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshlet/meshlet/metrics"
 	"github.com/meshlet/meshlet/upstream"
 	"github.com/meshlet/meshlet/upstream/outbound"
 )
@@ -144,10 +147,16 @@ func fakeConsul(tb testing.TB, service, addr string) *api.Client {
 
 // startMesh runs a Mesh for service "web" in front of one instance and
 // returns the address of a listener whose connections it serves, as the
-// agent's outbound listener does after the redirect.
-func startMesh(tb testing.TB) string {
+// agent's outbound listener does after the redirect. It counts in
+// Prometheus metrics as the agent does; accessLog, when not nil, gets the
+// access log.
+func startMesh(tb testing.TB, accessLog ...*slog.Logger) string {
 	tb.Helper()
-	m, err := upstream.New(upstream.Config{Consul: fakeConsul(tb, "web", startInstance(tb))})
+	cfg := upstream.Config{Consul: fakeConsul(tb, "web", startInstance(tb)), Metrics: metrics.New()}
+	if len(accessLog) > 0 {
+		cfg.AccessLog = accessLog[0]
+	}
+	m, err := upstream.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -242,6 +251,19 @@ func waitReady(tb testing.TB, cl *client) {
 // mesh on a keep-alive connection, one at a time.
 func BenchmarkProxiedRequest(b *testing.B) {
 	cl := dial(b, startMesh(b))
+	waitReady(b, cl)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := cl.do(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkProxiedRequestAccessLog is BenchmarkProxiedRequest with the
+// access log on (JSON lines, written to nowhere): the cost of one line.
+func BenchmarkProxiedRequestAccessLog(b *testing.B) {
+	cl := dial(b, startMesh(b, slog.New(slog.NewJSONHandler(io.Discard, nil))))
 	waitReady(b, cl)
 	b.ReportAllocs()
 	for b.Loop() {

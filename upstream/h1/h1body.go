@@ -76,6 +76,7 @@ type bodyCopy struct {
 	stream bool
 	left   int64    // phaseData: bytes left
 	size   [18]byte // phaseUntilEOF: scratch for a chunk-size line
+	n      int64    // payload bytes copied (framing not counted), for the access log
 }
 
 // start sets up the copy of a body framed by contentLength (-1: none),
@@ -115,6 +116,7 @@ func (b *bodyCopy) copy(dst *bufio.Writer, dstConn io.Writer, src *connReader, r
 				}
 				n, err := io.Copy(dstConn, io.LimitReader(src.c, b.left))
 				b.left -= n
+				b.n += n
 				if err != nil {
 					if err = src.wait.again(err); err == nil {
 						continue // a slice of the wait passed; nothing was lost
@@ -136,6 +138,7 @@ func (b *bodyCopy) copy(dst *bufio.Writer, dstConn io.Writer, src *connReader, r
 					return &srcFailed{err}
 				}
 				b.left -= int64(len(p))
+				b.n += int64(len(p))
 				rec.add(p)
 				if _, err := dst.Write(p); err != nil {
 					return &dstFailed{err}
@@ -210,6 +213,7 @@ func (b *bodyCopy) copy(dst *bufio.Writer, dstConn io.Writer, src *connReader, r
 			}
 			p := src.buffered()
 			src.discard(len(p))
+			b.n += int64(len(p))
 			line := append(strconv.AppendInt(b.size[:0], int64(len(p)), 16), '\r', '\n')
 			if _, err := dst.Write(line); err != nil {
 				return &dstFailed{err}

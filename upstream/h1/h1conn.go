@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -105,6 +106,11 @@ type h1conn struct {
 	method string
 	num    [20]byte // scratch for numbers written
 	pick   upstream.Pick
+	// outcome of the request in flight, for Mesh.Done.
+	outcome upstream.Outcome
+	// addID: the request has no X-Request-Id and gets outcome.RequestID
+	// (only while the access log is on).
+	addID bool
 	// abort: an answer was cut short; the connection ends with a reset
 	// so that the app sees an error, never a clean end.
 	abort bool
@@ -208,7 +214,7 @@ func (s *h1conn) serve() int {
 		}
 		if err != nil {
 			if errors.Is(err, errHeadTooLarge) {
-				s.answer(431, upstream.ErrCodeBadRequest, "meshlet: request header fields too large", true)
+				s.refused(431, "meshlet: request header fields too large")
 			}
 			return -1
 		}
@@ -220,7 +226,7 @@ func (s *h1conn) serve() int {
 			}
 			s.body.phase = phaseUntilEOF // whatever body it has is unknown: drained at the close
 			s.f.log.Debug("refusing a malformed request", "service", s.target.Service(), "from", s.c.RemoteAddr(), "err", err)
-			s.answer(status, upstream.ErrCodeBadRequest, "meshlet: bad request: "+upstream.OneLine(err.Error()), true)
+			s.refused(status, "meshlet: bad request: "+upstream.OneLine(err.Error()))
 			return -1
 		}
 		if s.handsOff() {
@@ -230,6 +236,15 @@ func (s *h1conn) serve() int {
 			return -1
 		}
 	}
+}
+
+// refused answers a request refused before it was routed (a malformed
+// head), and counts it.
+func (s *h1conn) refused(status int, msg string) {
+	s.pick.Reset() // no routing: not the previous request's
+	s.outcome = upstream.Outcome{Start: time.Now(), Method: s.method}
+	s.answer(status, upstream.ErrCodeBadRequest, msg, true)
+	s.m.Done(s.target, &s.pick, &s.outcome)
 }
 
 // handsOff reports whether the request goes to the net/http path: an
@@ -274,11 +289,38 @@ func idempotent(method string) bool {
 // errRequestTimeout is an attempt cut by the request's own timeout.
 var errRequestTimeout = upstream.ErrRequestTimeout
 
-// forward proxies the parsed request and reports whether the connection
-// goes on with the next one.
+// forward proxies the parsed request, counts it (Mesh.Done) and reports
+// whether the connection goes on with the next one.
 func (s *h1conn) forward() bool {
+	s.outcome = upstream.Outcome{Start: time.Now(), Method: methodString(s.req.method)}
+	s.addID = false
+	if s.m.AccessLogging() {
+		s.requestID()
+	}
+	keep := s.forwardOnce()
+	s.outcome.BytesIn = s.body.n
+	s.m.Done(s.target, &s.pick, &s.outcome)
+	return keep
+}
+
+// requestID takes the request's X-Request-Id for the access log, or
+// makes one that buildOut adds.
+func (s *h1conn) requestID() {
+	for i := range s.req.fields {
+		if f := &s.req.fields[i]; bytes.EqualFold(f.name, []byte(upstream.RequestIDHeader)) {
+			s.outcome.RequestID = string(f.value)
+			return
+		}
+	}
+	s.outcome.RequestID = string(upstream.AppendRequestID(s.num[:0:0]))
+	s.addID = true
+}
+
+// forwardOnce proxies the parsed request and reports whether the
+// connection goes on with the next one.
+func (s *h1conn) forwardOnce() bool {
 	m, r, p := s.m, &s.req, &s.pick
-	s.method = methodString(r.method)
+	s.method = s.outcome.Method
 	s.body.start(r.contentLength, r.chunked, false)
 	closeApp := r.connClose
 	code, msg, ok := m.Choose(s.ctx, s.target, p, s.cookies)
@@ -309,6 +351,7 @@ func (s *h1conn) forward() bool {
 				// answer would then end in a FIN and look whole.
 				s.bw.Flush()
 				s.abort = true
+				s.outcome.Code, s.outcome.CutShort = upstream.ErrCodeAppClosed, true
 				s.f.log.Debug("app connection failed during the answer", "service", s.target.Service(), "err", res.err)
 			case errors.Is(res.err, errAppGone):
 				// A FIN while the answer was awaited: the app left, or
@@ -325,6 +368,7 @@ func (s *h1conn) forward() bool {
 				s.answer(status, code, msg, true)
 			default:
 				s.f.log.Debug("app connection failed during its request", "service", s.target.Service(), "err", res.err)
+				s.outcome.Code = upstream.ErrCodeAppClosed
 			}
 			return false
 		case res.relayed:
@@ -333,6 +377,10 @@ func (s *h1conn) forward() bool {
 			// cut short.
 			s.bw.Flush()
 			s.abort = true
+			s.outcome.Code, s.outcome.CutShort = upstream.ErrCodeFailed, true
+			if errors.Is(res.err, errRequestTimeout) || errors.Is(res.err, upstream.ErrTryTimeout) {
+				s.outcome.Code = upstream.ErrCodeTimeout
+			}
 			s.f.log.Warn("instance failed during its answer", "service", s.target.Service(),
 				"instance", p.Endpoint().Addr, "err", res.err)
 			return false
@@ -554,7 +602,10 @@ func (s *h1conn) try(p *upstream.Pick, deadline time.Time, fresh bool, method st
 	uc.rs.until = deadline
 	s.writeRespHead(rh, &cookie, 1, untilEOF, closeApp)
 	res.relayed = true
-	if err := s.rbody.copy(s.bw, s.c, &uc.rd, nil); err != nil {
+	s.outcome.Status = rh.status
+	err := s.rbody.copy(s.bw, s.c, &uc.rd, nil)
+	s.outcome.BytesOut = s.rbody.n
+	if err != nil {
 		var df *dstFailed
 		res.appFailed = errors.As(err, &df) || errors.Is(err, errAppGone) // writing to the app failed, or it left
 		res.err = s.timeoutCause(err, deadline)

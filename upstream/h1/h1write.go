@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshlet/meshlet/upstream"
 )
 
 // What the forwarder writes: the head for the instance, the head for the
@@ -63,7 +65,13 @@ func (s *h1conn) buildOut() {
 	b = append(b, s.xff...)
 	b = append(b, "\r\nX-Forwarded-Host: "...)
 	b = append(b, host...)
-	b = append(b, "\r\nX-Forwarded-Proto: http\r\n\r\n"...)
+	b = append(b, "\r\nX-Forwarded-Proto: http\r\n"...)
+	if s.addID {
+		b = append(b, upstream.RequestIDHeader+": "...)
+		b = append(b, s.outcome.RequestID...)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "\r\n"...)
 	s.out = b
 }
 
@@ -113,6 +121,10 @@ func (s *h1conn) writeRespHead(rh *head, cookie *string, final int, chunk, close
 // writeError does on the net/http path, and reports whether the
 // connection goes on.
 func (s *h1conn) answer(status int, code, msg string, closeApp bool) bool {
+	s.outcome.Status, s.outcome.Code = status, code
+	if s.method != "HEAD" {
+		s.outcome.BytesOut = int64(len(msg) + 1)
+	}
 	closeApp = closeApp || s.live.IsDraining()
 	w := s.bw
 	w.WriteString("HTTP/1.1 ")

@@ -203,6 +203,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal", "meshlet: request without a service")
 		return
 	}
+	p := &pick{client: r.Context()}
+	rec := &recorder{ResponseWriter: w, out: upstream.Outcome{Start: time.Now(), Method: r.Method}}
+	w = rec
+	if s.mesh.AccessLogging() {
+		rec.out.RequestID = upstream.RequestID(r.Header)
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &appBody{ReadCloser: r.Body, n: &rec.out.BytesIn}
+	}
+	defer s.mesh.Done(t, &p.Pick, &rec.out)
 	if name, ok := framingVariant(r.Header); ok {
 		// As the forwarder refuses it (parseFields): net/http takes such a
 		// name for an ordinary header, and ReverseProxy would pass it on.
@@ -212,7 +222,6 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			upstream.OneLine(fmt.Sprintf("meshlet: bad request: header %q could be read as Content-Length or Transfer-Encoding by an instance", name[:min(len(name), 64)])))
 		return
 	}
-	p := &pick{client: r.Context()}
 	code, msg, ok := s.mesh.Choose(r.Context(), t, &p.Pick, func(name string, found func(upstream.StickyID) bool) {
 		upstream.StickyCookies(r.Header, name, found)
 	})
@@ -248,6 +257,9 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if p.client.Err() != nil {
 		// The app went away; nobody reads this answer.
 		s.log.Debug("request canceled by the app", "service", p.Target().Service(), "instance", upstream.FailedAddr(&p.Pick, err), "err", err)
+		if rec, ok := w.(*recorder); ok {
+			rec.out.Code = upstream.ErrCodeAppClosed
+		}
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
@@ -257,10 +269,57 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 
 // writeError writes a one-line text answer from the mesh itself.
 func writeError(w http.ResponseWriter, status int, code, msg string) {
+	if rec, ok := w.(*recorder); ok {
+		rec.out.Code = code
+	}
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Meshlet-Error", code)
 	w.WriteHeader(status)
 	io.WriteString(w, msg+"\n")
+}
+
+// recorder keeps what Mesh.Done needs of an answer: its status and the
+// body bytes written. It passes Flush on, and the hijack of an upgrade
+// through Unwrap (http.ResponseController).
+type recorder struct {
+	http.ResponseWriter
+	out upstream.Outcome
+}
+
+func (r *recorder) WriteHeader(status int) {
+	if r.out.Status == 0 && (status >= 200 || status == http.StatusSwitchingProtocols) {
+		r.out.Status = status
+	}
+	r.ResponseWriter.WriteHeader(status)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.out.Status == 0 {
+		r.out.Status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.out.BytesOut += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// appBody counts the request body bytes read from the app.
+type appBody struct {
+	io.ReadCloser
+	n *int64
+}
+
+func (b *appBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	*b.n += int64(n)
+	return n, err
 }

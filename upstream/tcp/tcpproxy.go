@@ -42,11 +42,11 @@ func New(mesh *upstream.Mesh) *Proxy {
 // dialAny dials the selector's pick and, while dials fail, other
 // instances (a failed dial never reached the instance), as the service's
 // retries and retry budget allow. It returns the connection with the
-// instance's in-flight count, not yet counted.
-func (x *Proxy) dialAny(ctx context.Context, t *upstream.Target) (net.Conn, upstream.Endpoint, upstream.InFlight, error) {
+// pick that routed it, whose in-flight count is not yet counted.
+func (x *Proxy) dialAny(ctx context.Context, t *upstream.Target) (net.Conn, *upstream.Pick, error) {
 	p := &upstream.Pick{}
 	if _, msg, ok := x.mesh.Choose(ctx, t, p, nil); !ok {
-		return nil, upstream.Endpoint{}, upstream.InFlight{}, errors.New(msg)
+		return nil, nil, errors.New(msg)
 	}
 	var errs []error
 	for attempt := 0; ; attempt++ {
@@ -56,7 +56,7 @@ func (x *Proxy) dialAny(ctx context.Context, t *upstream.Target) (net.Conn, upst
 		p.ConnectEnded()
 		if err == nil {
 			x.mesh.Connected(p)
-			return c, e, p.InFlight(), nil
+			return c, p, nil
 		}
 		errs = append(errs, fmt.Errorf("instance %s: %w", e.Addr, err))
 		if ctx.Err() != nil {
@@ -69,7 +69,7 @@ func (x *Proxy) dialAny(ctx context.Context, t *upstream.Target) (net.Conn, upst
 			break
 		}
 	}
-	return nil, upstream.Endpoint{}, upstream.InFlight{}, fmt.Errorf("dialling service %q: %w", t.Service(), errors.Join(errs...))
+	return nil, nil, fmt.Errorf("dialling service %q: %w", t.Service(), errors.Join(errs...))
 }
 
 // Serve proxies one raw connection of t: the sniffed bytes (peeked)
@@ -79,31 +79,38 @@ func (x *Proxy) dialAny(ctx context.Context, t *upstream.Target) (net.Conn, upst
 // client.
 func (x *Proxy) Serve(ctx context.Context, live *frontend.LiveConn, client net.Conn, peeked []byte, t *upstream.Target) {
 	defer client.Close()
-	up, e, inFlight, err := x.dialAny(ctx, t)
+	up, p, err := x.dialAny(ctx, t)
 	if err != nil {
 		x.log.Warn("cannot proxy tcp connection", "service", t.Service(), "err", err)
 		return
 	}
 	defer up.Close()
+	e, inFlight := p.Endpoint(), p.InFlight()
+	var sent, received int64
+	defer func() { x.mesh.ConnClosed(p, sent, received) }()
 	inFlight.Add(1) // least-request counts raw connections as requests in flight
 	defer inFlight.Add(-1)
 	if !live.Attach(up) {
 		return // Shutdown or ctx closed the app's side meanwhile
 	}
 	if len(peeked) > 0 {
-		if _, err := up.Write(peeked); err != nil {
+		n, err := up.Write(peeked)
+		sent += int64(n)
+		if err != nil {
 			x.log.Debug("writing the first bytes to the instance", "service", t.Service(), "instance", e.Addr, "err", err)
 			return
 		}
 	}
-	pipeBoth(client, up, x.bufs)
+	toInstance, toApp := pipeBoth(client, up, x.bufs)
+	sent, received = sent+toInstance, toApp
 	x.log.Debug("tcp connection done", "service", t.Service(), "instance", e.Addr)
 }
 
 // pipeBoth copies a→b and b→a. A direction that ends cleanly is passed on
 // as a half-close, so the other keeps flowing (a client that shuts down
-// its writes still gets its answer); an error in either ends both.
-func pipeBoth(a, b net.Conn, bufs *frontend.BufferPool) {
+// its writes still gets its answer); an error in either ends both. It
+// returns the bytes copied each way.
+func pipeBoth(a, b net.Conn, bufs *frontend.BufferPool) (aToB, bToA int64) {
 	var once sync.Once
 	abort := func() {
 		once.Do(func() {
@@ -115,32 +122,35 @@ func pipeBoth(a, b net.Conn, bufs *frontend.BufferPool) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		pipeOne(b, a, bufs, abort)
+		aToB = pipeOne(b, a, bufs, abort)
 	}()
-	pipeOne(a, b, bufs, abort)
+	bToA = pipeOne(a, b, bufs, abort)
 	wg.Wait()
 	abort()
+	return aToB, bToA
 }
 
 // pipeOne copies src to dst. Between two *net.TCPConn, io.Copy splices in
 // the kernel; the buffer is used only otherwise.
-func pipeOne(dst, src net.Conn, bufs *frontend.BufferPool, abort func()) {
+func pipeOne(dst, src net.Conn, bufs *frontend.BufferPool, abort func()) int64 {
+	var n int64
 	var err error
 	if isTCP(dst) && isTCP(src) {
-		_, err = io.Copy(dst, src)
+		n, err = io.Copy(dst, src)
 	} else {
 		buf := bufs.Get()
-		_, err = io.CopyBuffer(dst, src, buf)
+		n, err = io.CopyBuffer(dst, src, buf)
 		bufs.Put(buf)
 	}
 	if err != nil {
 		abort()
-		return
+		return n
 	}
 	cw, ok := dst.(closeWriter)
 	if !ok || cw.CloseWrite() != nil {
 		abort()
 	}
+	return n
 }
 
 func isTCP(c net.Conn) bool {
