@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -35,7 +36,19 @@ func waitEndpoints(t *testing.T, w *meshlab.World, n int) {
 	t.Helper()
 	waitFor(t, 15*time.Second, fmt.Sprintf("meshlet to know %d instances", n), func() bool {
 		_, body, err := w.AdminGet(context.Background(), "/v1/state")
-		return err == nil && strings.Count(body, ":8080\"") == n
+		var st struct {
+			Services []struct {
+				Endpoints []string `json:"endpoints"`
+			} `json:"services"`
+		}
+		if err != nil || json.Unmarshal([]byte(body), &st) != nil {
+			return false
+		}
+		known := 0
+		for _, s := range st.Services {
+			known += len(s.Endpoints)
+		}
+		return known == n
 	})
 }
 
