@@ -12,14 +12,16 @@ import (
 // ejection). Selectors ask it one question: available.
 type hostState struct {
 	active       atomic.Int64
-	latency      atomic.Int64 // moving average of the time to an answer head, ns; 0: none yet
-	latencyAt    atomic.Int64 // unix ns of its last sample
-	failures     atomic.Int64 // consecutive
-	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
-	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
-	probing      atomic.Bool  // a probe keeps it out until it accepts a connection (unreachable.go)
-	connecting   atomic.Int64 // unix ns when a connect to it began that has not ended; 0: none
-	gone         atomic.Bool  // forgotten by its registry: a probe of it stops
+	latency      atomic.Int64           // moving average of the time to an answer head, ns; 0: none yet
+	latencyAt    atomic.Int64           // unix ns of its last sample
+	failures     atomic.Int64           // consecutive
+	ejections    atomic.Int64           // how often it was ejected in a row; multiplies the ejection time
+	ejectedUntil atomic.Int64           // unix nanoseconds; 0 or past: not ejected
+	probing      atomic.Bool            // a probe keeps it out until it accepts a connection (unreachable.go)
+	readmits     atomic.Int64           // how often it was readmitted: a probe of an earlier time stops
+	addr         atomic.Pointer[string] // its address in the latest set, which a probe dials
+	connecting   atomic.Int64           // unix ns when a connect to it began that has not ended; 0: none
+	gone         atomic.Bool            // forgotten by its registry: a probe of it stops
 }
 
 // available reports whether the instance is not ejected at now, and not
@@ -142,6 +144,10 @@ func (r *hostRegistry) get(e Endpoint) *hostState {
 		h = &hostState{}
 		r.hosts[hostKey(e)] = h
 	}
+	if a := h.addr.Load(); a == nil || *a != e.Addr {
+		addr := e.Addr
+		h.addr.Store(&addr)
+	}
 	return h
 }
 
@@ -151,6 +157,7 @@ func (r *hostRegistry) readmit(e Endpoint) {
 	h := r.hosts[hostKey(e)]
 	r.mu.Unlock()
 	if h != nil {
+		h.readmits.Add(1) // before the ejection ends, so that a probe's hold cannot outlive it
 		h.ejectedUntil.Store(0)
 		h.ejections.Store(0)
 		h.failures.Store(0)

@@ -51,6 +51,8 @@ type Pick struct {
 	// budgetDenied is set when a retry was refused for want of budget.
 	budgetDenied bool
 	now          int64          // unix ns when the pick was made
+	attempt      int64          // unix ns when the current attempt began
+	connectMark  int64          // see ConnectBegins
 	avail        func(int) bool // see availableNow
 }
 
@@ -90,10 +92,15 @@ func (p *Pick) InFlight() InFlight { return InFlight{p.set.hosts[p.idx]} }
 // requests away from the instance (unreachable.go); ConnectEnded says
 // that the dial returned. A front-end calls both around every dial of
 // Dial it makes for the pick.
-func (p *Pick) ConnectBegins(now time.Time) { p.set.hosts[p.idx].connectBegins(now.UnixNano()) }
+func (p *Pick) ConnectBegins(now time.Time) {
+	p.connectMark = p.set.hosts[p.idx].connectBegins(now.UnixNano())
+}
 
 // ConnectEnded: see ConnectBegins.
-func (p *Pick) ConnectEnded() { p.set.hosts[p.idx].connectEnded() }
+func (p *Pick) ConnectEnded() {
+	p.set.hosts[p.idx].connectEnded(p.connectMark)
+	p.connectMark = 0
+}
 
 // CookieFinder calls found with each sticky cookie value of a request
 // called name, in order, until found returns true (see StickyCookieLine).
@@ -115,6 +122,7 @@ func (m *Mesh) Choose(ctx context.Context, t *Target, p *Pick, cookies CookieFin
 	}
 	p.target, p.set, p.policy, p.cookie, p.budgetDenied = t, set, &v.policy, -1, false
 	p.now, p.idx = now.UnixNano(), -1
+	p.attempt = p.now
 	if v.policy.Sticky && set.sticky != nil && cookies != nil {
 		cookies(v.policy.CookieName, func(id StickyID) bool {
 			i, ok := p.set.sticky[id]
@@ -218,7 +226,7 @@ func (m *Mesh) instanceFailed(w *serviceWatch, set *EndpointSet, i int, now time
 // its time to answer.
 func (m *Mesh) Answered(p *Pick, status int) {
 	now := time.Now()
-	p.set.hosts[p.idx].answeredIn(now.UnixNano()-p.now, now.UnixNano())
+	p.set.hosts[p.idx].answeredIn(now.UnixNano()-p.attempt, now.UnixNano())
 	if status >= 500 && p.policy.Eject5xx {
 		m.pickFailed(p, now, nil)
 	} else {
@@ -273,7 +281,7 @@ func (m *Mesh) Retry(p *Pick, method string, replayable bool, err error, attempt
 				"instance", p.Endpoint().Addr, "next", p.set.At(next).Addr, "reason", OneLine(err.Error()), "suppressed", n)
 		}
 	}
-	p.idx = next
+	p.idx, p.attempt = next, nowNs
 	p.tried = append(p.tried, next)
 	return true
 }
