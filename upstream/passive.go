@@ -24,6 +24,9 @@ type hostState struct {
 	gone         atomic.Bool            // forgotten by its registry: a probe of it stops
 }
 
+// ejected reports whether the instance is ejected at now.
+func (h *hostState) ejected(now int64) bool { return h.ejectedUntil.Load() > now }
+
 // available reports whether the instance is not ejected at now, and not
 // suspect: a connect to it pending for longer than slowConnect.
 func (h *hostState) available(now int64) bool {
@@ -100,12 +103,12 @@ func (s *EndpointSet) eject(i int, now time.Time, p *Policy) (time.Duration, boo
 	s.ejectMu.Lock()
 	defer s.ejectMu.Unlock()
 	nowNs := now.UnixNano()
-	if !h.available(nowNs) {
+	if h.ejected(nowNs) {
 		return 0, false // already out; a request that started before counts no more
 	}
 	ejected := 0
 	for _, o := range s.hosts {
-		if !o.available(nowNs) {
+		if o.ejected(nowNs) { // suspects (a slow connect) are not out for this count
 			ejected++
 		}
 	}

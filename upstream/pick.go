@@ -141,7 +141,11 @@ func (m *Mesh) Choose(ctx context.Context, t *Target, p *Pick, cookies CookieFin
 		var ok bool
 		sel := watch.selector(&v.policy)
 		if idx, ok = sel.Select(set, p.availableNow()); !ok {
-			idx, _ = sel.Select(set, nil) // never all are ejected; a race at most
+			// None available: prefer one that is only suspect (a slow
+			// connect) to one ejected; never all are ejected, a race at most.
+			if idx, ok = sel.Select(set, func(i int) bool { return !set.hosts[i].ejected(p.now) }); !ok {
+				idx, _ = sel.Select(set, nil)
+			}
 		}
 	}
 	if cap(p.tried) < 1+v.policy.Retries {
