@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONSUL = $(shell scripts/consul.sh)
 
-.PHONY: demo test deps build unit integration bench
+.PHONY: demo test deps build unit integration bench fuzz
 
 demo: deps
 	MESHLET_CONSUL_BIN=$(CONSUL) go run ./integration/demo $(DEMO_ARGS)
@@ -30,3 +30,9 @@ integration: deps
 # Benchmarks side by side (see BENCHMARKS.md); not part of `make test`.
 bench: deps
 	MESHLET_CONSUL_BIN=$(CONSUL) bench/run.sh $(BENCH_ARGS)
+
+# The fuzzing campaign (see BENCHMARKS.md, Fuzzing): every target in turn,
+# FUZZTIME each (default: the issue's 10 million executions) and at most CAP;
+# FUZZ selects targets by a regular expression. Hours; not part of `make test`.
+fuzz:
+	FUZZTIME=$${FUZZTIME:-10000000x} CAP=$${CAP:-30m} scripts/fuzz.sh '$(or $(FUZZ),.)'

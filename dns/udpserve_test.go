@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -290,16 +291,28 @@ func FuzzUDPHandle(f *testing.F) {
 	u := newUDPServer(s, conn)
 	w := &udpWriter{conn: conn, to: sink.LocalAddr().(*net.UDPAddr).AddrPort(), out: make([]byte, 0, udpReadSize)}
 	buf := make([]byte, maxMsgLen)
+	marker := []byte{0xff} // shorter than any reply: a DNS header is 12 bytes
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) > udpReadSize {
 			b = b[:udpReadSize] // what the read loop would have read
 		}
 		u.handle(w, b)
+		// A marker sent after handle from the same socket arrives after
+		// every reply it wrote (loopback keeps one socket's datagrams in
+		// order), so reading up to it collects exactly this input's
+		// replies however slow the machine is. A short read deadline
+		// instead left a late reply to be counted for the next input.
+		if _, err := conn.WriteToUDPAddrPort(marker, w.to); err != nil {
+			t.Fatal(err)
+		}
 		var replies [][]byte
+		_ = sink.SetReadDeadline(time.Now().Add(10 * time.Second))
 		for {
-			_ = sink.SetReadDeadline(time.Now().Add(time.Millisecond))
 			n, err := sink.Read(buf)
 			if err != nil {
+				t.Fatalf("reading the replies to %x: %v", b, err)
+			}
+			if bytes.Equal(buf[:n], marker) {
 				break
 			}
 			replies = append(replies, append([]byte(nil), buf[:n]...))

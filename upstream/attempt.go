@@ -103,3 +103,10 @@ func retryable(err error, method string) bool {
 func OneLine(s string) string {
 	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
 }
+
+// IsDialFailure reports whether err is the failure of a dial to an
+// instance (see DialFailure): the request never reached it.
+func IsDialFailure(err error) bool {
+	var de *dialError
+	return errors.As(err, &de)
+}

@@ -251,6 +251,9 @@ func (l *liveness) run(ctx context.Context, ping func(context.Context) error, ev
 			l.answered(time.Now())
 		case errors.As(err, &status):
 			// Consul answers, if with an error: it does not hang.
+		case l.lastAnswer().After(start):
+			// A query answered while the ping waited: a slow Consul, not a
+			// hung one. Aborting would send every watch back at once.
 		default:
 			if pctx.Err() != nil {
 				err = fmt.Errorf("consul does not answer: no answer to a liveness check within %v", timeout)

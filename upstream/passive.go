@@ -14,17 +14,22 @@ import (
 // ejection). Selectors ask it one question: available.
 type hostState struct {
 	active       atomic.Int64
-	latency      atomic.Int64 // moving average of the time to an answer head, ns; 0: none yet
-	latencyAt    atomic.Int64 // unix ns of its last sample
-	failures     atomic.Int64 // consecutive
-	ejections    atomic.Int64 // how often it was ejected in a row; multiplies the ejection time
-	ejectedUntil atomic.Int64 // unix nanoseconds; 0 or past: not ejected
-	probing      atomic.Bool  // a probe keeps it out until it accepts a connection (unreachable.go)
-	connecting   atomic.Int64 // unix ns when a connect to it began that has not ended; 0: none
-	gone         atomic.Bool  // forgotten by its registry: a probe of it stops
+	latency      atomic.Int64           // moving average of the time to an answer head, ns; 0: none yet
+	latencyAt    atomic.Int64           // unix ns of its last sample
+	failures     atomic.Int64           // consecutive
+	ejections    atomic.Int64           // how often it was ejected in a row; multiplies the ejection time
+	ejectedUntil atomic.Int64           // unix nanoseconds; 0 or past: not ejected
+	probing      atomic.Bool            // a probe keeps it out until it accepts a connection (unreachable.go)
+	readmits     atomic.Int64           // how often it was readmitted: a probe of an earlier time stops
+	addr         atomic.Pointer[string] // its address in the latest set, which a probe dials
+	connecting   atomic.Int64           // unix ns when a connect to it began that has not ended; 0: none
+	gone         atomic.Bool            // forgotten by its registry: a probe of it stops
 	// metrics are the instance's counters, resolved once (nil: none).
 	metrics *metrics.Instance
 }
+
+// ejected reports whether the instance is ejected at now.
+func (h *hostState) ejected(now int64) bool { return h.ejectedUntil.Load() > now }
 
 // available reports whether the instance is not ejected at now, and not
 // suspect: a connect to it pending for longer than slowConnect.
@@ -102,12 +107,12 @@ func (s *EndpointSet) eject(i int, now time.Time, p *Policy) (time.Duration, boo
 	s.ejectMu.Lock()
 	defer s.ejectMu.Unlock()
 	nowNs := now.UnixNano()
-	if !h.available(nowNs) {
+	if h.ejected(nowNs) {
 		return 0, false // already out; a request that started before counts no more
 	}
 	ejected := 0
 	for _, o := range s.hosts {
-		if !o.available(nowNs) {
+		if o.ejected(nowNs) { // suspects (a slow connect) are not out for this count
 			ejected++
 		}
 	}
@@ -155,6 +160,10 @@ func (r *hostRegistry) get(e Endpoint) *hostState {
 			r.ids[hostKey(e)] = e.ID
 		}
 	}
+	if a := h.addr.Load(); a == nil || *a != e.Addr {
+		addr := e.Addr
+		h.addr.Store(&addr)
+	}
 	return h
 }
 
@@ -164,6 +173,7 @@ func (r *hostRegistry) readmit(e Endpoint) {
 	h := r.hosts[hostKey(e)]
 	r.mu.Unlock()
 	if h != nil {
+		h.readmits.Add(1) // before the ejection ends, so that a probe's hold cannot outlive it
 		h.ejectedUntil.Store(0)
 		h.ejections.Store(0)
 		h.failures.Store(0)

@@ -54,9 +54,11 @@ type Pick struct {
 	stickyRouted bool
 	// hadCookie: the request carried a sticky cookie value, valid or not;
 	// a new cookie for it is a re-pin.
-	hadCookie bool
-	now       int64          // unix ns when the pick was made
-	avail     func(int) bool // see availableNow
+	hadCookie   bool
+	now         int64          // unix ns when the pick was made
+	attempt     int64          // unix ns when the current attempt began
+	connectMark int64          // see ConnectBegins
+	avail       func(int) bool // see availableNow
 }
 
 // Reset makes p ready for the next Choose, keeping what it allocated.
@@ -95,10 +97,15 @@ func (p *Pick) InFlight() InFlight { return InFlight{p.set.hosts[p.idx]} }
 // requests away from the instance (unreachable.go); ConnectEnded says
 // that the dial returned. A front-end calls both around every dial of
 // Dial it makes for the pick.
-func (p *Pick) ConnectBegins(now time.Time) { p.set.hosts[p.idx].connectBegins(now.UnixNano()) }
+func (p *Pick) ConnectBegins(now time.Time) {
+	p.connectMark = p.set.hosts[p.idx].connectBegins(now.UnixNano())
+}
 
 // ConnectEnded: see ConnectBegins.
-func (p *Pick) ConnectEnded() { p.set.hosts[p.idx].connectEnded() }
+func (p *Pick) ConnectEnded() {
+	p.set.hosts[p.idx].connectEnded(p.connectMark)
+	p.connectMark = 0
+}
 
 // CookieFinder calls found with each sticky cookie value of a request
 // called name, in order, until found returns true (see StickyCookieLine).
@@ -121,6 +128,7 @@ func (m *Mesh) Choose(ctx context.Context, t *Target, p *Pick, cookies CookieFin
 	}
 	p.target, p.set, p.policy, p.cookie, p.budgetDenied, p.stickyRouted, p.hadCookie = t, set, &v.policy, -1, false, false, false
 	p.now, p.idx = now.UnixNano(), -1
+	p.attempt = p.now
 	if v.policy.Sticky && set.sticky != nil && cookies != nil {
 		cookies(v.policy.CookieName, func(id StickyID) bool {
 			p.hadCookie = true
@@ -143,7 +151,11 @@ func (m *Mesh) Choose(ctx context.Context, t *Target, p *Pick, cookies CookieFin
 		var ok bool
 		sel := watch.selector(&v.policy)
 		if idx, ok = sel.Select(set, p.availableNow()); !ok {
-			idx, _ = sel.Select(set, nil) // never all are ejected; a race at most
+			// None available: prefer one that is only suspect (a slow
+			// connect) to one ejected; never all are ejected, a race at most.
+			if idx, ok = sel.Select(set, func(i int) bool { return !set.hosts[i].ejected(p.now) }); !ok {
+				idx, _ = sel.Select(set, nil)
+			}
 		}
 	}
 	if cap(p.tried) < 1+v.policy.Retries {
@@ -234,7 +246,7 @@ func (m *Mesh) instanceFailed(w *serviceWatch, set *EndpointSet, i int, now time
 // its time to answer.
 func (m *Mesh) Answered(p *Pick, status int) {
 	now := time.Now()
-	p.set.hosts[p.idx].answeredIn(now.UnixNano()-p.now, now.UnixNano())
+	p.set.hosts[p.idx].answeredIn(now.UnixNano()-p.attempt, now.UnixNano())
 	if status >= 500 && p.policy.Eject5xx {
 		m.pickFailed(p, now, nil)
 	} else {
@@ -291,7 +303,7 @@ func (m *Mesh) Retry(p *Pick, method string, replayable bool, err error, attempt
 				"instance", p.Endpoint().Addr, "next", p.set.At(next).Addr, "reason", OneLine(err.Error()), "suppressed", n)
 		}
 	}
-	p.idx = next
+	p.idx, p.attempt = next, nowNs
 	p.tried = append(p.tried, next)
 	w.metrics.Retry()
 	p.set.hosts[next].metrics.Attempt()

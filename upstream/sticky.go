@@ -105,8 +105,11 @@ func StickyCookieLine(line, name string, seen *int, found func(StickyID) bool) (
 		line = line[:maxCookieHeaderLn]
 	}
 	for part := range strings.SplitSeq(line, ";") {
-		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
-		if !ok || k != name {
+		// Trim as net/http and RFC 6265 do: ASCII blanks only, around the
+		// pair and the name, so that meshlet reads the cookies the app
+		// and the client read, no more, no fewer.
+		k, v, ok := strings.Cut(trimBlanks(part), "=")
+		if !ok || trimBlanks(k) != name {
 			continue
 		}
 		if *seen++; *seen > maxStickyCookies {
@@ -160,4 +163,18 @@ func isTokenChar(c byte) bool {
 // (nil: none): what every sidecar of the mesh computes for it.
 func StickyValue(service, cookieName string, key []byte, node, serviceID string) string {
 	return newCookieCodec(service, cookieName, key).id(node, serviceID).String()
+}
+
+// trimBlanks trims the ASCII blanks net/http trims around a cookie
+// (textproto.TrimString, which the routing core does not import): not
+// Unicode spaces, which strings.TrimSpace would also take.
+func trimBlanks(s string) string {
+	isBlank := func(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+	for len(s) > 0 && isBlank(s[0]) {
+		s = s[1:]
+	}
+	for len(s) > 0 && isBlank(s[len(s)-1]) {
+		s = s[:len(s)-1]
+	}
+	return s
 }

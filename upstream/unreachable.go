@@ -72,60 +72,83 @@ func (m *Mesh) unreachable(service string, set *EndpointSet, i int, now time.Tim
 	m.probe(service, e, h, logs)
 }
 
-// probe dials e every probeEvery, keeping h ejected while the dials fail,
-// and ends its ejection when one succeeds. One probe runs per instance.
+// probe dials the instance of h every probeEvery, at its address in the
+// latest set, keeping it ejected while the dials fail, and ends its
+// ejection when one succeeds. One probe runs per instance; it stops when
+// the instance is readmitted otherwise (Consul passes it again) or leaves.
 func (m *Mesh) probe(service string, e Endpoint, h *hostState, logs *serviceLogs) {
 	if !h.probing.CompareAndSwap(false, true) {
 		return
 	}
+	gen := h.readmits.Load()
 	ctx := m.runContext()
 	go func() {
-		defer h.probing.Store(false)
 		ctx, cancel := context.WithTimeout(ctx, probeFor)
 		defer cancel()
 		t := time.NewTicker(probeEvery)
 		defer t.Stop()
+		timeout := m.cfg.Dialer.Timeout
+		if timeout <= 0 {
+			timeout = DefaultDialTimeout
+		}
 		for {
 			select {
 			case <-ctx.Done():
+				h.probing.Store(false)
 				return
 			case <-t.C:
 			}
-			if h.gone.Load() {
+			if h.gone.Load() || h.readmits.Load() != gen {
+				h.probing.Store(false)
 				return
 			}
-			timeout := m.cfg.Dialer.Timeout
-			if timeout <= 0 {
-				timeout = DefaultDialTimeout
-			}
-			// Kept out for this round, whatever its ejection time said.
+			// Kept out for this round, whatever its ejection time said;
+			// a readmission meanwhile wins.
 			hold := time.Now().Add(probeEvery + timeout + time.Second).UnixNano()
-			if h.ejectedUntil.Load() < hold {
-				h.ejectedUntil.Store(hold)
+			if cur := h.ejectedUntil.Load(); cur < hold && h.ejectedUntil.CompareAndSwap(cur, hold) && h.readmits.Load() != gen {
+				h.ejectedUntil.CompareAndSwap(hold, 0)
+			}
+			addr := e.Addr
+			if a := h.addr.Load(); a != nil {
+				addr = *a
 			}
 			dctx, stop := context.WithTimeout(ctx, timeout)
-			c, err := m.cfg.Dialer.DialContext(dctx, "tcp", e.Addr)
+			c, err := m.cfg.Dialer.DialContext(dctx, "tcp", addr)
 			stop()
 			if err != nil {
 				continue
 			}
 			c.Close()
+			// The probe ends before the instance is back, so that its next
+			// connect timeout can start a new one.
+			h.probing.Store(false)
 			h.failures.Store(0)
 			h.ejectedUntil.Store(0)
 			if n, ok := logs.readmit.allow(time.Now()); ok {
 				m.log.Info("readmitting instance: it accepts connections again", "service", service,
-					"instance", e.Addr, "id", e.ID, "suppressed", n)
+					"instance", addr, "id", e.ID, "suppressed", n)
 			}
 			return
 		}
 	}()
 }
 
-// connectBegins marks a connect to h as pending, unless an older one is;
-// connectEnded clears the mark once a connect ends either way (a pending
-// older one still ejects the instance when it times out).
-func (h *hostState) connectBegins(now int64) { h.connecting.CompareAndSwap(0, now) }
-func (h *hostState) connectEnded()           { h.connecting.Store(0) }
+// ConnectBegins marks a connect to h as pending at now, unless an older
+// one is; it returns the mark to hand to ConnectEnded, 0 when it set none.
+// ConnectEnded clears only its own mark: an older connect still pending
+// keeps the instance suspect, and ejects it when it times out.
+func (h *hostState) connectBegins(now int64) int64 {
+	if h.connecting.CompareAndSwap(0, now) {
+		return now
+	}
+	return 0
+}
+
+func (h *hostState) connectEnded(mark int64) {
+	if mark != 0 {
+		h.connecting.CompareAndSwap(mark, 0)
+	}
+}
 
 // runContext is Run's context while it runs, so that probes end with it;
 // before Run (tests that never call it), a background context.

@@ -185,8 +185,12 @@ func (b *bodyCopy) copy(dst *bufio.Writer, dstConn io.Writer, src *connReader, r
 			if err != nil {
 				return &srcFailed{fmt.Errorf("reading the trailer: %w", err)}
 			}
-			if err := checkTrailerLine(line); err != nil {
+			drop, err := checkTrailerLine(line)
+			if err != nil {
 				return &srcFailed{err}
+			}
+			if drop {
+				continue
 			}
 			if err := pass(dst, rec, line); err != nil {
 				return err
@@ -312,18 +316,22 @@ ext:
 	return n, nil
 }
 
-// checkTrailerLine accepts a header field line or the final empty line.
-func checkTrailerLine(line []byte) error {
+// checkTrailerLine accepts a header field line or the final empty line,
+// and says to drop a field named Content-Length or Transfer-Encoding, in
+// any spelling: RFC 9110 forbids framing fields in trailers, and a server
+// that merged trailers into headers would read a body of another length.
+func checkTrailerLine(line []byte) (drop bool, err error) {
 	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return errBareLF
+		return false, errBareLF
 	}
 	if len(line) == 2 {
-		return nil
+		return false, nil
 	}
 	var h head
 	h.reset()
 	if err := parseFields(append(line[:len(line):len(line)], '\r', '\n'), &h, false); err != nil {
-		return fmt.Errorf("malformed trailer: %w", err)
+		return false, fmt.Errorf("malformed trailer: %w", err)
 	}
-	return nil
+	colon := bytes.IndexByte(line, ':')
+	return frontend.FramingLike(line[:colon]), nil
 }

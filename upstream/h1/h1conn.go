@@ -405,7 +405,10 @@ func (s *h1conn) forwardOnce() bool {
 			attempt++
 			continue
 		}
-		if !timedOut && res.gotBytes {
+		// A failure of the instance counts against it; the request's own
+		// timeout passing is no failure of the instance, unless it cut a
+		// connect short: a connect that slow ejects it (unreachable.go).
+		if (!timedOut && res.gotBytes) || (timedOut && upstream.IsDialFailure(err)) {
 			m.Failed(p, err)
 		}
 		status, code, msg := m.FailureAnswer(p, &upstream.InstanceError{Addr: p.Endpoint().Addr, Err: err}, timedOut)

@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/upstream/internal/frontend"
 )
 
 // bytesConn is a net.Conn that reads from a byte slice and ends with EOF.
@@ -154,7 +157,8 @@ func FuzzResponseHead(f *testing.F) {
 }
 
 // FuzzChunkedBody: a chunked body the forwarder accepts is passed on byte
-// for byte, and what it passes on is exactly one chunked body.
+// for byte but for trailer fields of a framing name, which are dropped, and
+// what it passes on is exactly one chunked body.
 func FuzzChunkedBody(f *testing.F) {
 	for _, s := range []string{
 		"5\r\nhello\r\n0\r\n\r\n",
@@ -181,8 +185,9 @@ func FuzzChunkedBody(f *testing.F) {
 		}
 		w.Flush()
 		consumed := len(data) - len(src.buffered()) - src.c.(*bytesConn).r.Len()
-		if !bytes.Equal(out.Bytes(), data[:consumed]) || !bytes.Equal(rec.b, data[:consumed]) {
-			t.Fatalf("passed on %q, recorded %q; want %q", out.Bytes(), rec.b, data[:consumed])
+		want := withoutFramingTrailers(t, data[:consumed])
+		if !bytes.Equal(out.Bytes(), want) || !bytes.Equal(rec.b, want) {
+			t.Fatalf("passed on %q, recorded %q; want %q", out.Bytes(), rec.b, want)
 		}
 		var again bodyCopy
 		again.start(-1, true, false)
@@ -191,4 +196,41 @@ func FuzzChunkedBody(f *testing.F) {
 			t.Fatalf("what was passed on is not one chunked body: %v", err)
 		}
 	})
+}
+
+// withoutFramingTrailers returns an accepted chunked body without the
+// trailer lines whose field name folds to Content-Length or
+// Transfer-Encoding, written apart from the forwarder's own parser.
+func withoutFramingTrailers(t *testing.T, body []byte) []byte {
+	rest := body
+	for {
+		i := bytes.Index(rest, []byte("\r\n"))
+		if i < 0 {
+			t.Fatalf("accepted body without a last chunk: %q", body)
+		}
+		size := rest[:i]
+		if j := bytes.IndexByte(size, ';'); j >= 0 {
+			size = size[:j]
+		}
+		n, err := strconv.ParseUint(string(bytes.TrimRight(size, " \t")), 16, 63)
+		if err != nil {
+			t.Fatalf("accepted chunk size %q: %v", rest[:i], err)
+		}
+		rest = rest[i+2:]
+		if n == 0 {
+			break
+		}
+		rest = rest[n+2:]
+	}
+	out := append([]byte(nil), body[:len(body)-len(rest)]...)
+	for len(rest) > 0 {
+		i := bytes.Index(rest, []byte("\r\n"))
+		line := rest[:i+2]
+		rest = rest[i+2:]
+		if c := bytes.IndexByte(line, ':'); c > 0 && frontend.FramingLike(line[:c]) {
+			continue
+		}
+		out = append(out, line...)
+	}
+	return out
 }

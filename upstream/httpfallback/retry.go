@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshlet/meshlet/upstream"
@@ -71,6 +73,14 @@ func (t *retryTransport) try(req *http.Request, p *pick) (*http.Response, error)
 		timer = time.AfterFunc(tryTimeout, func() { cancel(upstream.ErrTryTimeout) })
 		req = req.WithContext(ctx)
 	}
+	// Whether the attempt got a connection: a timeout before it did is a
+	// connect timeout, which ejects the instance (unreachable.go), and the
+	// request never left. The transport dials apart from the request, so
+	// its error alone does not say so.
+	var gotConn atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) },
+	}))
 	resp, err := t.next.RoundTrip(req)
 	if timer != nil && !timer.Stop() && err == nil {
 		// The timer fired as the headers came: the body would fail.
@@ -84,6 +94,10 @@ func (t *retryTransport) try(req *http.Request, p *pick) (*http.Response, error)
 				err = upstream.ErrTryTimeout
 			}
 			cancel(nil)
+		}
+		if !gotConn.Load() && !upstream.IsDialFailure(err) &&
+			(errors.Is(err, upstream.ErrTryTimeout) || errors.Is(req.Context().Err(), context.DeadlineExceeded)) {
+			err = upstream.DialFailure(p.Endpoint().Addr, err)
 		}
 		return nil, err
 	}
@@ -100,8 +114,16 @@ func (t *retryTransport) try(req *http.Request, p *pick) (*http.Response, error)
 // retry decides whether the failed attempt is tried again, and if so moves
 // the pick to the next instance.
 func (t *retryTransport) retry(req *http.Request, p *pick, body *replayBody, err error, attempt int) bool {
-	if p.client.Err() != nil || req.Context().Err() != nil {
-		return false // the app went away, or the request's own timeout passed
+	if p.client.Err() != nil {
+		return false // the app went away
+	}
+	if req.Context().Err() != nil {
+		// The request's own timeout passed: no failure of the instance,
+		// unless it cut a connect short.
+		if upstream.IsDialFailure(err) {
+			t.m.Failed(&p.Pick, err)
+		}
+		return false
 	}
 	return t.m.Retry(&p.Pick, req.Method, body.replayable(), err, attempt)
 }
