@@ -1,7 +1,6 @@
 package certs
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -20,29 +19,11 @@ const (
 	tdB = "bbbbbbbb-0000-0000-0000-000000000002.consul"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startManager runs a Manager for service on fc until the test ends and
 // waits until it is ready.
-func startManager(t *testing.T, fc *certstest.Consul, service string, mod func(*Config)) (*Manager, *syncBuffer) {
+func startManager(t *testing.T, fc *certstest.Consul, service string, mod func(*Config)) (*Manager, *certstest.LogBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &certstest.LogBuffer{}
 	cfg := Config{
 		Consul:   fc,
 		Service:  service,

@@ -2,7 +2,6 @@ package inbound
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -25,23 +24,6 @@ import (
 )
 
 const td = "aaaaaaaa-0000-0000-0000-000000000001.consul"
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // fakeAuthz answers ConnectAuthorize from a set of denied caller URIs.
 type fakeAuthz struct {
@@ -81,7 +63,7 @@ type lab struct {
 	ca     *certstest.CA
 	authz  *fakeAuthz
 	l      *Listener
-	logs   *syncBuffer
+	logs   *certstest.LogBuffer
 	accept atomic.Int32 // connections the app accepted
 }
 
@@ -89,7 +71,7 @@ type lab struct {
 // listener the test serves), with short decision TTL and recheck.
 func newLab(t *testing.T, app net.Listener, mod func(*Config)) *lab {
 	t.Helper()
-	lb := &lab{ca: certstest.NewCA(t, "ca", td), authz: &fakeAuthz{}, logs: &syncBuffer{}}
+	lb := &lab{ca: certstest.NewCA(t, "ca", td), authz: &fakeAuthz{}, logs: &certstest.LogBuffer{}}
 	fc := certstest.NewConsul(lb.ca)
 	fc.SetLeaf("web", lb.ca.Sign(t, certstest.Leaf{Service: "web"}))
 	log := slog.New(slog.NewTextHandler(lb.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

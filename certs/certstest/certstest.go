@@ -3,6 +3,7 @@
 package certstest
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -313,4 +314,23 @@ func (c *Consul) ConnectCALeaf(service string, q *api.QueryOptions) (*api.LeafCe
 		return nil, nil, fmt.Errorf("Unexpected response code: 500 (no leaf for %q)", service)
 	}
 	return lc, &api.QueryMeta{LastIndex: idx}, nil
+}
+
+// LogBuffer is a log sink safe for concurrent writers, for asserting on
+// what a component logged.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *LogBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *LogBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -19,20 +19,7 @@ import (
 // connections, which only the dispatcher wires.
 
 func TestForwarderHandsUpgradeToNetHTTPAfterServing(t *testing.T) {
-	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
-			io.WriteString(w, "plain")
-			return
-		}
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		io.Copy(c, brw)
-	}))
-	t.Cleanup(inst.Close)
+	inst := echoUpgradeInstance(t, func(w http.ResponseWriter) { io.WriteString(w, "plain") })
 	app := upstreamtest.DialApp(t, oneInstanceMesh(t, upstreamtest.AddrOf(inst)))
 	// A plain request first (the forwarder's), then the upgrade pipelined
 	// right behind another one, in one write.

@@ -407,20 +407,9 @@ func BenchmarkProxyHTTP(b *testing.B) {
 }
 
 func TestHTTPUpgradeBecomesABytePipe(t *testing.T) {
-	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
-			http.Error(w, "want Upgrade: echo", http.StatusBadRequest)
-			return
-		}
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		io.Copy(c, brw)
-	}))
-	t.Cleanup(inst.Close)
+	inst := echoUpgradeInstance(t, func(w http.ResponseWriter) {
+		http.Error(w, "want Upgrade: echo", http.StatusBadRequest)
+	})
 	_, _, front := webMesh(t, nil, upstreamtest.Instance(t, "web", "ws", upstreamtest.AddrOf(inst)))
 
 	conn, err := net.Dial("tcp", front.Addr)
@@ -445,4 +434,24 @@ func TestHTTPUpgradeBecomesABytePipe(t *testing.T) {
 			t.Errorf("echo over the upgraded connection = %q, %v; want %q", got, err, msg)
 		}
 	}
+}
+
+// echoUpgradeInstance answers `Upgrade: echo` with a 101 and then echoes
+// the bytes; any other request gets plain's answer.
+func echoUpgradeInstance(t *testing.T, plain func(http.ResponseWriter)) *httptest.Server {
+	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			plain(w)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		io.Copy(c, brw)
+	}))
+	t.Cleanup(inst.Close)
+	return inst
 }
