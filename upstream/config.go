@@ -114,6 +114,14 @@ type Config struct {
 	// (see Mesh.Done). Nil: no access log, and no cost.
 	AccessLog *slog.Logger
 
+	// MTLS is the mode of Consul Connect mTLS; "" is MTLSPermissive.
+	MTLS MTLSMode
+
+	// ClientTLS gives the app's identity for mTLS toward instances. Nil:
+	// the sidecar has no identity, so it connects in plaintext (and in
+	// MTLSStrict refuses instead).
+	ClientTLS ClientTLS
+
 	// clientXFF is ClientAddr as X-Forwarded-For writes it, made once.
 	clientXFF string
 
