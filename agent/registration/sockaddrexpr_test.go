@@ -1,6 +1,8 @@
 package registration
 
 import (
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 
@@ -149,13 +151,38 @@ var sameAsSockaddr = []string{
 
 // evalBoth evaluates src with meshlet's evaluator and with
 // go-sockaddr/template; ok reports whether each accepted it.
+//
+// Both read the machine's live interfaces, which other tests change while
+// this one runs (the integration labs add and move veth pairs), so a pair
+// of evaluations that straddles such a change is made again.
 func evalBoth(src string) (ours string, oursErr error, theirs string, theirsErr error) {
-	e, oursErr := parseExpr(src)
-	if oursErr == nil {
-		ours, oursErr = e.eval()
+	for range 20 {
+		before := interfacesNow()
+		e, err := parseExpr(src)
+		ours, oursErr = "", err
+		if oursErr == nil {
+			ours, oursErr = e.eval()
+		}
+		theirs, theirsErr = sockaddrtemplate.Parse(src)
+		if interfacesNow() == before {
+			break
+		}
 	}
-	theirs, theirsErr = sockaddrtemplate.Parse(src)
 	return ours, oursErr, theirs, theirsErr
+}
+
+// interfacesNow describes the machine's interfaces and their addresses.
+func interfacesNow() string {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var b strings.Builder
+	for _, ifc := range ifs {
+		addrs, _ := ifc.Addrs()
+		fmt.Fprintf(&b, "%d %s %v %v;", ifc.Index, ifc.Name, ifc.Flags, addrs)
+	}
+	return b.String()
 }
 
 func TestSameAsSockaddrTemplate(t *testing.T) {
