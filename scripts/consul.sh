@@ -19,6 +19,14 @@ fi
 
 command -v go >/dev/null || { echo "consul.sh: go is not installed" >&2; exit 1; }
 mkdir -p "$(dirname "$OUT")"
+# One build at a time: concurrent callers (parallel test packages, several
+# checkouts on one machine) wait for the first and then use its binary.
+exec 9>"$OUT.lock"
+flock 9
+if [[ -x "$OUT" ]] && "$OUT" version >/dev/null 2>&1; then
+	echo "$OUT"
+	exit 0
+fi
 work="$(mktemp -d)"
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -36,7 +44,7 @@ go mod edit \
 	-dropreplace github.com/hashicorp/consul/proto-public
 
 echo "consul.sh: building (about 3 minutes on two cores)" >&2
-CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$OUT.tmp" .
-mv "$OUT.tmp" "$OUT"
+CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$OUT.tmp.$$" .
+mv "$OUT.tmp.$$" "$OUT"
 "$OUT" version >&2
 echo "$OUT"
