@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/agent/registration"
+	"github.com/meshlet/meshlet/certs"
 	"github.com/meshlet/meshlet/dns"
 	"github.com/meshlet/meshlet/intercept"
 	"github.com/meshlet/meshlet/metrics"
@@ -38,7 +39,10 @@ type Agent struct {
 	outbound  net.Listener
 	rules     *intercept.Manager      // nil without --intercept
 	registrar *registration.Registrar // nil for a pure client sidecar
-	metrics   *metrics.Metrics
+	// certs is the app's Connect trust material; nil when mTLS is off or
+	// there is no identity to present (outbound is plaintext then).
+	certs   *certs.Manager
+	metrics *metrics.Metrics
 
 	listening atomic.Bool // DNS and outbound listeners bound
 	rulesUp   atomic.Bool // rules installed (or not wanted)
@@ -58,6 +62,9 @@ type Agent struct {
 // errors name the setting at fault, and leave no rule behind.
 func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
 	a := &Agent{cfg: cfg, log: log}
+	if err := cfg.checkMTLS(); err != nil {
+		return err
+	}
 	// The first look at the app's interfaces comes first of all, so that
 	// even a short-lived app is seen before it ends.
 	ctx, stopWith := context.WithCancelCause(ctx)
@@ -94,6 +101,9 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	if instanceDialer.Timeout <= 0 {
 		instanceDialer.Timeout = upstream.DefaultDialTimeout
 	}
+	if a.certs, err = newCerts(cfg, consul.Agent(), log); err != nil {
+		return err
+	}
 	a.metrics = metrics.New()
 	accessLog, closeAccessLog, err := openAccessLog(cfg.AccessLog)
 	if err != nil {
@@ -113,6 +123,8 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		MaxStale:  cfg.MaxStale,
 		// X-Forwarded-For: the app's own address, not loopback.
 		ClientAddr: clientAddr(cfg, log.With("part", "upstream")),
+		MTLS:       cfg.MTLS,
+		ClientTLS:  a.clientTLS(),
 	})
 	var stateErr *upstream.StateDirError
 	if errors.As(err, &stateErr) {
@@ -154,6 +166,14 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		a.mesh.Run(runCtx)
 	}()
 	defer func() { stopRun(); <-meshDone }()
+	if a.certs != nil {
+		certsDone := make(chan struct{})
+		go func() {
+			defer close(certsDone)
+			a.certs.Run(runCtx)
+		}()
+		defer func() { stopRun(); <-certsDone }()
+	}
 
 	a.dnsServer, err = dns.NewServer(dns.Config{
 		Listen:    cfg.DNSListen.String(),
@@ -206,7 +226,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	log.Info("meshlet started", "dns", cfg.DNSListen, "outbound", cfg.OutboundListen, "admin", cfg.AdminListen,
 		"consul", cfg.Consul, "suffixes", cfg.Suffixes, "vip_cidr", cfg.VIPCIDR, "intercept", cfg.Intercept,
 		"registers", len(cfg.Services), "advertise", cfg.Advertise,
-		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale, "exit_when_app_gone", cfg.ExitWhenAppGone)
+		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale, "exit_when_app_gone", cfg.ExitWhenAppGone, "mtls", cfg.MTLS)
 
 	// A signal and the app's end (watched from the start of Run) stop
 	// meshlet by the same path; the app's end skips the waits that serve
