@@ -54,6 +54,7 @@ func (a *Agent) notReady() []string {
 		why = append(why, "consul: "+reason)
 	}
 	why = append(why, a.certsNotReady()...)
+	why = append(why, a.strictNotReady()...)
 	return why
 }
 

@@ -66,6 +66,9 @@ type Config struct {
 	// (one that registers no app) presents; a registered app's own name
 	// wins over it.
 	MTLSIdentity string
+	// InboundPort is the port of the mTLS inbound listener, on the app's
+	// registered address.
+	InboundPort uint16
 
 	// Services and Advertise come from the registrator-style SERVICE_*
 	// variables through LoadRegistration, not from flags. No services: a
@@ -272,6 +275,15 @@ func settings(consulDefault string) []setting {
 					return fmt.Errorf("%q is not a service name (letters, digits, - and _)", v)
 				}
 				c.MTLSIdentity = v
+				return nil
+			}},
+		{"inbound-port", "MESHLET_INBOUND_PORT", "21000", "port of the mTLS inbound listener on the app's registered address, registered as the app's Connect sidecar (with mTLS on and an app registered)",
+			func(c *Config, v string) error {
+				n, err := strconv.ParseUint(v, 10, 16)
+				if err != nil || n == 0 {
+					return fmt.Errorf("%q is not a port from 1 to 65535", v)
+				}
+				c.InboundPort = uint16(n)
 				return nil
 			}},
 	}

@@ -136,4 +136,15 @@ func TestCertsReadiness(t *testing.T) {
 		return len(a.certsNotReady()) == 0 && len(n) == 1 && strings.Contains(n[0], "serving the last leaf") &&
 			strings.Contains(n[0], "connection refused") && strings.Contains(n[0], m.Snapshot().LeafSerial)
 	})
+
+	// A leaf that expires while Consul is away: not ready any more.
+	fc.Fail(nil)
+	short := ca.Sign(t, certstest.Leaf{Service: "web", NotAfter: time.Now().Add(1500 * time.Millisecond)})
+	fc.SetLeaf("web", short)
+	poll("the short leaf", func() bool { return time.Until(m.Snapshot().LeafNotAfter) < 2*time.Second })
+	fc.Fail(errors.New("connection refused"))
+	poll("the expired leaf", func() bool {
+		why := a.certsNotReady()
+		return len(why) == 1 && strings.Contains(why[0], "expired at") && strings.Contains(why[0], m.Snapshot().LeafSerial)
+	})
 }
