@@ -22,15 +22,20 @@ func TestParseConfigMTLS(t *testing.T) {
 		env      map[string]string
 		mode     upstream.MTLSMode
 		identity string
+		inbound  uint16
 		err      string
 	}{
-		{name: "default", mode: upstream.MTLSPermissive},
+		{name: "default", mode: upstream.MTLSPermissive, inbound: 21000},
 		{name: "flag", args: []string{"--mtls", "strict", "--mtls-identity", "web-client"}, mode: upstream.MTLSStrict, identity: "web-client"},
 		{name: "variables", env: map[string]string{"MESHLET_MTLS": "off", "MESHLET_MTLS_IDENTITY": "api"}, mode: upstream.MTLSOff, identity: "api"},
 		{name: "flag over variable", args: []string{"--mtls=permissive"}, env: map[string]string{"MESHLET_MTLS": "off"}, mode: upstream.MTLSPermissive},
 		{name: "bad mode", args: []string{"--mtls", "on"}, err: `--mtls: mtls mode "on": want off, permissive or strict`},
 		{name: "bad mode in variable", env: map[string]string{"MESHLET_MTLS": "STRICT"}, err: "MESHLET_MTLS: "},
 		{name: "bad identity", args: []string{"--mtls-identity", "web/client"}, err: `--mtls-identity: "web/client" is not a service name`},
+		{name: "inbound port", args: []string{"--inbound-port", "21001"}, mode: upstream.MTLSPermissive, inbound: 21001},
+		{name: "inbound port variable", env: map[string]string{"MESHLET_INBOUND_PORT": "21002"}, mode: upstream.MTLSPermissive, inbound: 21002},
+		{name: "bad inbound port", args: []string{"--inbound-port", "0"}, err: `--inbound-port: "0" is not a port from 1 to 65535`},
+		{name: "bad inbound port variable", env: map[string]string{"MESHLET_INBOUND_PORT": "70000"}, err: `MESHLET_INBOUND_PORT: "70000" is not a port`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ParseConfig(tc.args, env(tc.env), io.Discard)
@@ -45,6 +50,9 @@ func TestParseConfigMTLS(t *testing.T) {
 			}
 			if c.MTLS != tc.mode || c.MTLSIdentity != tc.identity {
 				t.Errorf("mode %q identity %q, want %q %q", c.MTLS, c.MTLSIdentity, tc.mode, tc.identity)
+			}
+			if tc.inbound != 0 && c.InboundPort != tc.inbound {
+				t.Errorf("inbound port %d, want %d", c.InboundPort, tc.inbound)
 			}
 		})
 	}
