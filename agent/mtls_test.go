@@ -156,3 +156,39 @@ func TestCertsReadiness(t *testing.T) {
 		return len(why) == 1 && strings.Contains(why[0], "expired at") && strings.Contains(why[0], m.Snapshot().LeafSerial)
 	})
 }
+
+// A Consul with Connect disabled: permissive mode is ready (plaintext, as
+// before Connect) and says why in a note; strict mode is not ready.
+func TestCertsConnectDisabled(t *testing.T) {
+	for _, mode := range []upstream.MTLSMode{upstream.MTLSPermissive, upstream.MTLSStrict} {
+		t.Run(string(mode), func(t *testing.T) {
+			fc := certstest.NewConsul()
+			fc.Fail(errors.New("Unexpected response code: 500 (Connect must be enabled in order to use this endpoint)"))
+			m, err := certs.New(certs.Config{Consul: fc, Service: "web", WaitTime: time.Second,
+				Backoff: func(int) time.Duration { return 10 * time.Millisecond }, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { m.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			a := &Agent{cfg: Config{MTLS: mode}, certs: m}
+			for deadline := time.Now().Add(5 * time.Second); len(m.Snapshot().Warnings) == 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("no warning from the failing watches")
+				}
+			}
+			why, notes := a.certsNotReady(), a.certsNotes()
+			if mode == upstream.MTLSStrict {
+				if len(why) != 1 || !strings.Contains(why[0], "Connect must be enabled") {
+					t.Errorf("strict: not ready %q, want the reason", why)
+				}
+				return
+			}
+			if len(why) != 0 || len(notes) != 1 || !strings.Contains(notes[0], "consul has Connect disabled") {
+				t.Errorf("permissive: not ready %q, notes %q", why, notes)
+			}
+		})
+	}
+}

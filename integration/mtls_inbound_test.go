@@ -317,8 +317,11 @@ func TestMTLSInboundRefusesNonMeshCallers(t *testing.T) {
 	}
 	select {
 	case <-lab.inbound.Done():
-		t.Fatal("inbound exited")
+		t.Fatal("meshlet exited")
 	default:
+	}
+	if code, body, err := lab.sidecar.AdminGet(ctx, "/readyz"); err != nil || code != http.StatusOK {
+		t.Errorf("/readyz after the bad callers: %d %q %v", code, body, err)
 	}
 	if _, err := lab.get(ctx); err != nil {
 		t.Errorf("a mesh caller after the bad ones: %v", err)
