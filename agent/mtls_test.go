@@ -106,11 +106,10 @@ func TestMTLSIdentity(t *testing.T) {
 	}
 }
 
-// /readyz waits for the first roots and leaf, then stays ready while
-// Consul is away, naming the leaf that keeps serving and the failure.
-func TestCertsReadiness(t *testing.T) {
-	ca := certstest.NewCA(t, "ca1", "11111111-2222-3333-4444-555555555555.consul")
-	fc := certstest.NewConsul(ca)
+// runCerts runs a manager of web's trust material on fc until the test
+// ends, retrying fast.
+func runCerts(t *testing.T, fc *certstest.Consul) *certs.Manager {
+	t.Helper()
 	m, err := certs.New(certs.Config{Consul: fc, Service: "web", WaitTime: time.Second,
 		Backoff: func(int) time.Duration { return 10 * time.Millisecond }, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -119,7 +118,16 @@ func TestCertsReadiness(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m
+}
+
+// /readyz waits for the first roots and leaf, then stays ready while
+// Consul is away, naming the leaf that keeps serving and the failure.
+func TestCertsReadiness(t *testing.T) {
+	ca := certstest.NewCA(t, "ca1", "11111111-2222-3333-4444-555555555555.consul")
+	fc := certstest.NewConsul(ca)
+	m := runCerts(t, fc)
 	a := &Agent{certs: m}
 
 	poll := func(what string, cond func() bool) {
@@ -164,15 +172,7 @@ func TestCertsConnectDisabled(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			fc := certstest.NewConsul()
 			fc.Fail(errors.New("Unexpected response code: 500 (Connect must be enabled in order to use this endpoint)"))
-			m, err := certs.New(certs.Config{Consul: fc, Service: "web", WaitTime: time.Second,
-				Backoff: func(int) time.Duration { return 10 * time.Millisecond }, Log: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { m.Run(ctx); close(done) }()
-			defer func() { cancel(); <-done }()
+			m := runCerts(t, fc)
 			a := &Agent{cfg: Config{MTLS: mode}, certs: m}
 			for deadline := time.Now().Add(5 * time.Second); len(m.Snapshot().Warnings) == 0; time.Sleep(10 * time.Millisecond) {
 				if time.Now().After(deadline) {
