@@ -152,6 +152,7 @@ func (a *Agent) startInbound(ctx context.Context, svc registration.Service) (int
 	l, err := inbound.New(inbound.Config{
 		Listen: listen.String(), App: app.String(), Service: svc.Name,
 		TLS: a.certs, Consul: in.authz, Log: a.log.With("part", "inbound"),
+		Refused: a.metrics.HandshakeFailed,
 	})
 	if err != nil {
 		return 0, err

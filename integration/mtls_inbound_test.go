@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -328,9 +329,38 @@ func TestMTLSInboundRefusesNonMeshCallers(t *testing.T) {
 	if code, body, err := lab.sidecar.AdminGet(ctx, "/readyz"); err != nil || code != http.StatusOK {
 		t.Errorf("/readyz after the bad callers: %d %q %v", code, body, err)
 	}
+	// The refusals are counted by reason, and the leaf's remaining life
+	// (Consul's dev leaves live 72 h) is a gauge.
+	_, m, err := lab.sidecar.AdminGet(ctx, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		series string
+		min    float64
+	}{
+		{`meshlet_mtls_handshake_failures_total{reason="tls"}`, 3},
+		{`meshlet_mtls_handshake_failures_total{reason="closed-before-handshake"}`, 1},
+		{`meshlet_mtls_leaf_expiry_seconds`, 3600},
+	} {
+		if v, ok := metricValue(m, want.series); !ok || v < want.min {
+			t.Errorf("%s = %v (found %v), want at least %v", want.series, v, ok, want.min)
+		}
+	}
 	if _, err := lab.get(ctx); err != nil {
 		t.Errorf("a mesh caller after the bad ones: %v", err)
 	}
+}
+
+// metricValue finds one series' value in a Prometheus text exposition.
+func metricValue(exposition, series string) (float64, bool) {
+	for _, l := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 // tlsGet makes an HTTP request over TLS on c.
