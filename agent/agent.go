@@ -148,7 +148,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 			Consul:       consul.Agent(),
 			Services:     cfg.Services,
 			Address:      cfg.Advertise,
-			ExcludePorts: []uint16{cfg.DNSListen.Port(), cfg.OutboundListen.Port(), cfg.AdminListen.Port(), cfg.InboundPort},
+			ExcludePorts: []uint16{cfg.DNSListen.Port(), cfg.OutboundListen.Port(), cfg.AdminListen.Port()},
 			Logger:       log.With("part", "registration"),
 		}
 		if a.certs != nil {
@@ -158,6 +158,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 			}
 			a.in = &inboundState{ctx: inCtx, authz: authz}
 			rc.Sidecar = a.startInbound
+			rc.ExcludePorts = append(rc.ExcludePorts, cfg.InboundPort)
 		}
 		a.registrar, err = registration.New(rc)
 		if err != nil {
