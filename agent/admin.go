@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/agent/registration"
+	"github.com/meshlet/meshlet/certs"
 	"github.com/meshlet/meshlet/metrics"
 )
 
@@ -52,6 +53,8 @@ func (a *Agent) notReady() []string {
 	if ok, reason := a.mesh.CatalogReady(); !ok {
 		why = append(why, "consul: "+reason)
 	}
+	why = append(why, a.certsNotReady()...)
+	why = append(why, a.strictNotReady()...)
 	return why
 }
 
@@ -65,7 +68,7 @@ func (a *Agent) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ready\n")
 	// Ready, but how it routes may need an operator's eye (fail-static
 	// while Consul is away, state not saved): one line each.
-	for _, note := range a.mesh.Status() {
+	for _, note := range a.notes() {
 		io.WriteString(w, note+"\n")
 	}
 }
@@ -91,11 +94,26 @@ type state struct {
 	Registrations []registration.State `json:"registrations"`
 	// Consul is how fresh meshlet's view of Consul is.
 	Consul *stateConsul `json:"consul,omitempty"`
+	// MTLS is the mode and the Connect trust material meshlet presents.
+	MTLS *stateMTLS `json:"mtls,omitempty"`
+}
+
+// stateMTLS is what /v1/state shows of mTLS.
+type stateMTLS struct {
+	Mode string `json:"mode"`
+	// Certs is the trust material; absent when meshlet has no identity
+	// to present (mTLS off, or a client-only sidecar without one).
+	Certs *certs.Snapshot `json:"certs,omitempty"`
+}
+
+// notes are the lines that say, while ready, how meshlet is degraded.
+func (a *Agent) notes() []string {
+	return append(a.mesh.Status(), a.certsNotes()...)
 }
 
 func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
 	why := a.notReady()
-	st := state{Ready: len(why) == 0, NotReady: why, Notes: a.mesh.Status(), Services: []stateService{}, Registrations: []registration.State{}}
+	st := state{Ready: len(why) == 0, NotReady: why, Notes: a.notes(), Services: []stateService{}, Registrations: []registration.State{}}
 	if a.registrar != nil {
 		st.Registrations = a.registrar.States()
 	}
@@ -112,6 +130,11 @@ func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
 	}
 	sort.Slice(st.Services, func(i, j int) bool { return st.Services[i].Name < st.Services[j].Name })
 	st.Consul = a.stateConsul()
+	st.MTLS = &stateMTLS{Mode: string(a.cfg.MTLS)}
+	if a.certs != nil {
+		snap := a.certs.Snapshot()
+		st.MTLS.Certs = &snap
+	}
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

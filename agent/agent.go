@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/agent/registration"
+	"github.com/meshlet/meshlet/certs"
 	"github.com/meshlet/meshlet/dns"
 	"github.com/meshlet/meshlet/intercept"
 	"github.com/meshlet/meshlet/metrics"
@@ -38,7 +39,13 @@ type Agent struct {
 	outbound  net.Listener
 	rules     *intercept.Manager      // nil without --intercept
 	registrar *registration.Registrar // nil for a pure client sidecar
-	metrics   *metrics.Metrics
+	// certs is the app's Connect trust material; nil when mTLS is off or
+	// there is no identity to present (outbound is plaintext then).
+	certs *certs.Manager
+	// in is the inbound listener's; nil unless mTLS is on and an app is
+	// registered.
+	in      *inboundState
+	metrics *metrics.Metrics
 
 	listening atomic.Bool // DNS and outbound listeners bound
 	rulesUp   atomic.Bool // rules installed (or not wanted)
@@ -58,6 +65,9 @@ type Agent struct {
 // errors name the setting at fault, and leave no rule behind.
 func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Logger) (err error) {
 	a := &Agent{cfg: cfg, log: log}
+	if err := cfg.checkMTLS(); err != nil {
+		return err
+	}
 	// The first look at the app's interfaces comes first of all, so that
 	// even a short-lived app is seen before it ends.
 	ctx, stopWith := context.WithCancelCause(ctx)
@@ -94,6 +104,9 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	if instanceDialer.Timeout <= 0 {
 		instanceDialer.Timeout = upstream.DefaultDialTimeout
 	}
+	if a.certs, err = newCerts(cfg, consul.Agent(), log); err != nil {
+		return err
+	}
 	a.metrics = metrics.New()
 	accessLog, closeAccessLog, err := openAccessLog(cfg.AccessLog)
 	if err != nil {
@@ -113,6 +126,8 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		MaxStale:  cfg.MaxStale,
 		// X-Forwarded-For: the app's own address, not loopback.
 		ClientAddr: clientAddr(cfg, log.With("part", "upstream")),
+		MTLS:       cfg.MTLS,
+		ClientTLS:  a.clientTLS(),
 	})
 	var stateErr *upstream.StateDirError
 	if errors.As(err, &stateErr) {
@@ -124,14 +139,27 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	if a.dispatch, err = outbound.New(a.mesh, outbound.Config{}); err != nil {
 		return fmt.Errorf("starting upstream: %w", err)
 	}
+	// The inbound listener lives until Run returns: it drains with the
+	// outbound side.
+	inCtx, stopIn := context.WithCancel(context.Background())
+	defer stopIn()
 	if len(cfg.Services) > 0 {
-		a.registrar, err = registration.New(registration.Config{
+		rc := registration.Config{
 			Consul:       consul.Agent(),
 			Services:     cfg.Services,
 			Address:      cfg.Advertise,
-			ExcludePorts: []uint16{cfg.DNSListen.Port(), cfg.OutboundListen.Port(), cfg.AdminListen.Port()},
+			ExcludePorts: []uint16{cfg.DNSListen.Port(), cfg.OutboundListen.Port(), cfg.AdminListen.Port(), cfg.InboundPort},
 			Logger:       log.With("part", "registration"),
-		})
+		}
+		if a.certs != nil {
+			authz, err := newAuthorizer(cfg, dialer.DialContext)
+			if err != nil {
+				return err
+			}
+			a.in = &inboundState{ctx: inCtx, authz: authz}
+			rc.Sidecar = a.startInbound
+		}
+		a.registrar, err = registration.New(rc)
 		if err != nil {
 			return fmt.Errorf("starting registration: %w", err)
 		}
@@ -154,6 +182,14 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		a.mesh.Run(runCtx)
 	}()
 	defer func() { stopRun(); <-meshDone }()
+	if a.certs != nil {
+		certsDone := make(chan struct{})
+		go func() {
+			defer close(certsDone)
+			a.certs.Run(runCtx)
+		}()
+		defer func() { stopRun(); <-certsDone }()
+	}
 
 	a.dnsServer, err = dns.NewServer(dns.Config{
 		Listen:    cfg.DNSListen.String(),
@@ -206,7 +242,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 	log.Info("meshlet started", "dns", cfg.DNSListen, "outbound", cfg.OutboundListen, "admin", cfg.AdminListen,
 		"consul", cfg.Consul, "suffixes", cfg.Suffixes, "vip_cidr", cfg.VIPCIDR, "intercept", cfg.Intercept,
 		"registers", len(cfg.Services), "advertise", cfg.Advertise,
-		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale, "exit_when_app_gone", cfg.ExitWhenAppGone)
+		"policy", cfg.Policy.String(), "sticky_key", cfg.StickyKey != "", "state_dir", cfg.StateDir, "max_stale", cfg.MaxStale, "exit_when_app_gone", cfg.ExitWhenAppGone, "mtls", cfg.MTLS, "inbound_port", cfg.InboundPort)
 
 	// A signal and the app's end (watched from the start of Run) stop
 	// meshlet by the same path; the app's end skips the waits that serve
@@ -233,9 +269,15 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		case <-drainCtx.Done():
 		}
 	}()
+	inboundDone := make(chan struct{})
+	go func() {
+		defer close(inboundDone)
+		a.stopInbound(drainCtx)
+	}()
 	if err := a.dispatch.Shutdown(drainCtx); err != nil {
 		log.Warn("drain ended before every request finished", "err", err)
 	}
+	<-inboundDone
 	a.conns.Wait()
 	log.Info("stopped")
 	return nil

@@ -179,6 +179,11 @@ func interceptCommand(args []string, getenv func(string) string, stdout, stderr 
 		}
 	case "remove":
 		err = m.Remove()
+		// The strict mode's rules too, which a killed `meshlet run` may
+		// have left.
+		if s, serr := intercept.NewStrict(ipt); serr == nil {
+			err = errors.Join(err, s.Remove())
+		}
 	case "show":
 		var out string
 		out, err = m.Show()

@@ -60,6 +60,16 @@ type Config struct {
 	// ConnectTimeout bounds a connection to an instance.
 	ConnectTimeout time.Duration
 
+	// MTLS is how Consul Connect's mutual TLS is used (--mtls).
+	MTLS upstream.MTLSMode
+	// MTLSIdentity is the service whose identity a client-only sidecar
+	// (one that registers no app) presents; a registered app's own name
+	// wins over it.
+	MTLSIdentity string
+	// InboundPort is the port of the mTLS inbound listener, on the app's
+	// registered address.
+	InboundPort uint16
+
 	// Services and Advertise come from the registrator-style SERVICE_*
 	// variables through LoadRegistration, not from flags. No services: a
 	// pure client sidecar.
@@ -249,6 +259,33 @@ func settings(consulDefault string) []setting {
 				c.LogFormat = v
 				return nil
 			}},
+		{"mtls", "MESHLET_MTLS", string(upstream.MTLSPermissive), "Consul Connect mutual TLS: off, permissive (mTLS to instances that offer it, the app's port still takes plaintext) or strict (mTLS only)",
+			func(c *Config, v string) error {
+				m, err := upstream.ParseMTLSMode(v)
+				if err != nil {
+					return err
+				}
+				c.MTLS = m
+				return nil
+			}},
+		{"mtls-identity", "MESHLET_MTLS_IDENTITY", "", "service name whose Connect identity a client-only sidecar (no SERVICE_NAME) presents (empty: such a sidecar connects in plaintext)",
+			func(c *Config, v string) error {
+				v = strings.TrimSpace(v)
+				if v != "" && !validServiceName(v) {
+					return fmt.Errorf("%q is not a service name (letters, digits, - and _)", v)
+				}
+				c.MTLSIdentity = v
+				return nil
+			}},
+		{"inbound-port", "MESHLET_INBOUND_PORT", "21000", "port of the mTLS inbound listener on the app's registered address, registered as the app's Connect sidecar (with mTLS on and an app registered)",
+			func(c *Config, v string) error {
+				n, err := strconv.ParseUint(v, 10, 16)
+				if err != nil || n == 0 {
+					return fmt.Errorf("%q is not a port from 1 to 65535", v)
+				}
+				c.InboundPort = uint16(n)
+				return nil
+			}},
 	}
 }
 
@@ -327,6 +364,46 @@ func (c *Config) LoadRegistration(environ []string, hostname string) error {
 		return fmt.Errorf("%s: %w", c.source("advertise-addr"), err)
 	}
 	c.Services, c.Advertise = services, addr
+	return nil
+}
+
+// validServiceName accepts what a Connect identity's service path can
+// carry: the characters Consul's DNS-compatible service names use.
+func validServiceName(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return s != "" && len(s) <= 63
+}
+
+// mtlsIdentity returns the service whose identity meshlet presents over
+// mTLS, and where it comes from; "" when there is none (mTLS off, or a
+// client-only sidecar without --mtls-identity). The registered app's name
+// wins: a sidecar is its app.
+func (c Config) mtlsIdentity() (name, from string) {
+	if c.MTLS == upstream.MTLSOff {
+		return "", ""
+	}
+	if len(c.Services) > 0 {
+		return c.Services[0].Name, "the registered app"
+	}
+	if c.MTLSIdentity != "" {
+		return c.MTLSIdentity, c.source("mtls-identity")
+	}
+	return "", ""
+}
+
+// checkMTLS checks what the mTLS mode needs once the registration is
+// known: strict mode with no identity could make no connection at all.
+func (c Config) checkMTLS() error {
+	if c.MTLS != upstream.MTLSStrict {
+		return nil
+	}
+	if name, _ := c.mtlsIdentity(); name == "" {
+		return fmt.Errorf("%s: strict needs an identity to present: register the app (SERVICE_NAME) or set --mtls-identity (MESHLET_MTLS_IDENTITY)", c.source("mtls"))
+	}
 	return nil
 }
 

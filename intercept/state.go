@@ -50,15 +50,20 @@ func readState(ipt IPTables) (state, error) {
 
 // listRules returns the rule specs of one chain of Table, in order.
 func listRules(ipt IPTables, chain string) ([][]string, error) {
-	lines, err := ipt.List(Table, chain)
+	return listRulesIn(ipt, Table, chain)
+}
+
+// listRulesIn returns the rule specs of one chain of table, in order.
+func listRulesIn(ipt IPTables, table, chain string) ([][]string, error) {
+	lines, err := ipt.List(table, chain)
 	if err != nil {
-		return nil, fmt.Errorf("listing chain %s/%s: %w", Table, chain, err)
+		return nil, fmt.Errorf("listing chain %s/%s: %w", table, chain, err)
 	}
 	var specs [][]string
 	for _, line := range lines {
 		l, err := parseRuleLine(line)
 		if err != nil {
-			return nil, fmt.Errorf("listing chain %s/%s: %w", Table, chain, err)
+			return nil, fmt.Errorf("listing chain %s/%s: %w", table, chain, err)
 		}
 		if l.op == "-A" && l.chain == chain {
 			specs = append(specs, l.args)

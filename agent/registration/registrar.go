@@ -47,6 +47,14 @@ type Config struct {
 	// DiscoverEvery is how often the app's listeners are looked at while
 	// its port is unknown. Default 500ms.
 	DiscoverEvery time.Duration
+
+	// Sidecar, when set, gives the first service a Connect sidecar (see
+	// SidecarRegistration), so that Consul and its tools see meshlet's
+	// inbound listener as the app's proxy. It is called once that
+	// service's port is known, before its first registration, to start
+	// the listener; it returns the listener's port. An error is logged
+	// and leaves the service registered without a sidecar.
+	Sidecar func(ctx context.Context, svc Service) (port int, err error)
 }
 
 // Registrar keeps the app's services registered in Consul with the state
@@ -85,8 +93,10 @@ func New(cfg Config) (*Registrar, error) {
 		cfg.DiscoverEvery = 500 * time.Millisecond
 	}
 	r := &Registrar{cfg: cfg, log: cfg.Logger}
-	for _, s := range cfg.Services {
-		r.units = append(r.units, newUnit(r, s))
+	for i, s := range cfg.Services {
+		u := newUnit(r, s)
+		u.wantSidecar = i == 0 && cfg.Sidecar != nil
+		r.units = append(r.units, u)
 	}
 	return r, nil
 }
@@ -155,6 +165,10 @@ type State struct {
 	Output     string `json:"output"`
 	Registered bool   `json:"registered"`
 	Error      string `json:"error,omitempty"` // why Consul has not been told, if it has not
+	// SidecarID and SidecarPort are the Connect sidecar registered with
+	// the service, if any: meshlet's inbound listener.
+	SidecarID   string `json:"sidecar_id,omitempty"`
+	SidecarPort int    `json:"sidecar_port,omitempty"`
 }
 
 // States returns the state of every service.

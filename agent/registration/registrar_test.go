@@ -457,3 +457,63 @@ func TestRegistrarRetriesAConsulThatHangs(t *testing.T) {
 		t.Errorf("calls during the hang: %+v; want the timed-out update followed at once by a registration", during)
 	}
 }
+
+// The first service gets a Connect sidecar on the port Config.Sidecar
+// returns, called with the discovered port before the first
+// registration; the second service gets none; a failing Sidecar leaves
+// the service registered without one.
+func TestRegistrarRegistersTheConnectSidecar(t *testing.T) {
+	a := startApp(t)
+	consul := newFakeConsul()
+	web := Service{Name: "web", Check: fastCheck(), hostname: "box"}
+	other := Service{ID: "box-admin", Name: "admin", Port: a.port, Check: fastCheck()}
+	var gotPort atomic.Int32
+	r, _ := startRegistrar(t, consul, []Service{web, other}, func(c *Config) {
+		c.Listening = func() ([]netip.AddrPort, error) {
+			return []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("0.0.0.0"), uint16(a.port))}, nil
+		}
+		c.DiscoverEvery = 5 * time.Millisecond
+		c.Sidecar = func(ctx context.Context, svc Service) (int, error) {
+			gotPort.Store(int32(svc.Port))
+			if consul.service(svc.ID) != nil {
+				t.Error("the app was registered before its sidecar's listener started")
+			}
+			return 21000, nil
+		}
+	})
+	id := DefaultID("box", "web", a.port)
+	waitFor(t, "registration", 2*time.Second, func() bool { return consul.service(id) != nil })
+	if int(gotPort.Load()) != a.port {
+		t.Errorf("Sidecar called with port %d, want the discovered %d", gotPort.Load(), a.port)
+	}
+	reg := consul.service(id)
+	if reg.Connect == nil || reg.Connect.SidecarService == nil {
+		t.Fatalf("registration %+v has no sidecar", reg)
+	}
+	sc := reg.Connect.SidecarService
+	p := sc.Proxy
+	if sc.Kind != api.ServiceKindConnectProxy || sc.ID != id+"-sidecar-proxy" || sc.Name != "web-sidecar-proxy" ||
+		sc.Port != 21000 || sc.Address != "127.0.0.1" || p == nil || p.DestinationServiceName != "web" ||
+		p.DestinationServiceID != id || p.LocalServiceAddress != "127.0.0.1" || p.LocalServicePort != a.port {
+		t.Errorf("sidecar %+v proxy %+v", sc, p)
+	}
+	if len(sc.Checks) != 1 || sc.Checks[0].AliasService != id {
+		t.Errorf("sidecar checks %+v, want one alias of %s", sc.Checks, id)
+	}
+	if s := r.States(); s[0].SidecarID != id+"-sidecar-proxy" || s[0].SidecarPort != 21000 || s[1].SidecarID != "" {
+		t.Errorf("states %+v", s)
+	}
+	waitFor(t, "the second service", time.Second, func() bool { return consul.service("box-admin") != nil })
+	if consul.service("box-admin").Connect != nil {
+		t.Error("the second service got a sidecar too")
+	}
+
+	consul2 := newFakeConsul()
+	startRegistrar(t, consul2, []Service{other}, func(c *Config) {
+		c.Sidecar = func(context.Context, Service) (int, error) { return 0, errors.New("address in use") }
+	})
+	waitFor(t, "registration without a sidecar", time.Second, func() bool { return consul2.service("box-admin") != nil })
+	if consul2.service("box-admin").Connect != nil {
+		t.Error("a sidecar was registered although its listener failed")
+	}
+}

@@ -40,7 +40,10 @@ type unit struct {
 	registered     atomic.Bool // Consul has the service, as far as we know
 	everRegistered atomic.Bool
 
+	wantSidecar bool // the service gets a Connect sidecar (Config.Sidecar)
+
 	mu       sync.Mutex // guards the fields below
+	sidecar  int        // the sidecar's port once its listener runs; 0: none
 	svc      Service    // Port and ID are filled in once a discovered port is known
 	current  status     // the latest verdict of the probe
 	stopping *status    // set by markCritical: what Consul must say from then on
@@ -81,6 +84,19 @@ func (u *unit) run(ctx context.Context) {
 		u.lastErr = ""
 		u.mu.Unlock()
 		u.log.Info("found the app's port", "port", port, "id", svc.ID)
+	}
+	if u.wantSidecar {
+		port, err := u.r.cfg.Sidecar(ctx, svc)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			u.log.Error("registering the app without a Connect sidecar: its inbound listener did not start", "err", err)
+		} else {
+			u.mu.Lock()
+			u.sidecar = port
+			u.mu.Unlock()
+		}
 	}
 	target := netip.AddrPortFrom(u.r.cfg.Address, uint16(svc.Port))
 	if p := newProber(svc.Check, target); p != nil {
@@ -295,7 +311,7 @@ func (u *unit) registration(svc Service, st status) *api.AgentServiceRegistratio
 	if svc.Check.DeregisterAfter > 0 {
 		check.DeregisterCriticalServiceAfter = svc.Check.DeregisterAfter.String()
 	}
-	return &api.AgentServiceRegistration{
+	reg := &api.AgentServiceRegistration{
 		ID:      svc.ID,
 		Name:    svc.Name,
 		Tags:    svc.Tags,
@@ -304,7 +320,47 @@ func (u *unit) registration(svc Service, st status) *api.AgentServiceRegistratio
 		Meta:    svc.Meta,
 		Check:   check,
 	}
+	u.mu.Lock()
+	sidecar := u.sidecar
+	u.mu.Unlock()
+	if sidecar != 0 {
+		reg.Connect = &api.AgentServiceConnect{SidecarService: SidecarRegistration(svc, u.r.cfg.Address, sidecar)}
+	}
+	return reg
 }
+
+// SidecarRegistration is the Connect sidecar of svc, whose port is
+// meshlet's inbound listener, as Consul registers its own sidecars:
+// callers (meshlet, `consul connect proxy -upstream`, Envoy) find it in
+// /v1/health/connect/NAME. It is nested in the app's registration, so
+// Consul removes it with the app. Its one check is an alias of the app's:
+// it is healthy exactly when the app is, at once (Consul's default TCP
+// check would keep it critical for up to 10 s after each registration).
+func SidecarRegistration(svc Service, addr netip.Addr, port int) *api.AgentServiceRegistration {
+	return &api.AgentServiceRegistration{
+		Kind:    api.ServiceKindConnectProxy,
+		ID:      SidecarID(svc.ID),
+		Name:    svc.Name + "-sidecar-proxy",
+		Address: addr.String(),
+		Port:    port,
+		Meta:    map[string]string{"meshlet": "inbound"},
+		Proxy: &api.AgentServiceConnectProxyConfig{
+			DestinationServiceName: svc.Name,
+			DestinationServiceID:   svc.ID,
+			LocalServiceAddress:    addr.String(),
+			LocalServicePort:       svc.Port,
+		},
+		Checks: api.AgentServiceChecks{{
+			Name:         "meshlet: follows " + svc.ID,
+			Notes:        "meshlet's inbound listener is healthy when its app is.",
+			AliasService: svc.ID,
+		}},
+	}
+}
+
+// SidecarID is the ID of the sidecar of the service with ID id: Consul's
+// own default for sidecars.
+func SidecarID(id string) string { return id + "-sidecar-proxy" }
 
 func (u *unit) markCritical(ctx context.Context, reason string) error {
 	if err := u.lock(ctx); err != nil {
@@ -365,6 +421,9 @@ func (u *unit) snapshot() State {
 		Error:   u.lastErr,
 
 		Registered: u.registered.Load(),
+	}
+	if u.sidecar != 0 {
+		st.SidecarID, st.SidecarPort = SidecarID(u.svc.ID), u.sidecar
 	}
 	if u.stopping != nil {
 		st.Status, st.Output = u.stopping.health, u.stopping.output
