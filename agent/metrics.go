@@ -24,6 +24,12 @@ func (a *Agent) setupMetrics() {
 	if a.registrar != nil {
 		a.metrics.WatchRegistrations(a.registrationStates)
 	}
+	if a.certs != nil {
+		a.metrics.WatchLeaf(func() (time.Time, bool) {
+			s := a.certs.Snapshot()
+			return s.LeafNotAfter, !s.LeafNotAfter.IsZero()
+		})
+	}
 }
 
 // metricsHandler serves the agent's registry in the Prometheus formats.

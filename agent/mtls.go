@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +65,9 @@ func (a *Agent) certsNotReady() []string {
 		return nil
 	}
 	s := a.certs.Snapshot()
+	if !s.Ready && connectDisabled(s) && a.cfg.MTLS != upstream.MTLSStrict {
+		return nil // a note says so: permissive mode without Connect is plaintext, as before
+	}
 	if !s.Ready {
 		why := fmt.Sprintf("mtls: waiting for the Connect CA roots and the leaf of %q from consul", s.Service)
 		for _, w := range s.Warnings {
@@ -78,6 +82,17 @@ func (a *Agent) certsNotReady() []string {
 	return nil
 }
 
+// connectDisabled reports whether Consul answered that Connect is off
+// (its ErrConnectNotEnabled), which no retry will change.
+func connectDisabled(s certs.Snapshot) bool {
+	for _, w := range s.Warnings {
+		if strings.Contains(w, "Connect must be enabled") {
+			return true
+		}
+	}
+	return false
+}
+
 // certsNotes says, while ready, what of the trust material needs an
 // operator's eye: consul not answering its watches (the last leaf keeps
 // serving until it expires), a leaf near its expiry.
@@ -86,6 +101,9 @@ func (a *Agent) certsNotes() []string {
 		return nil
 	}
 	s := a.certs.Snapshot()
+	if !s.Ready && connectDisabled(s) {
+		return []string{fmt.Sprintf("mtls: consul has Connect disabled, so %s mode has no certificate and callers of the app use plaintext; enable Connect (connect { enabled = true }) or set --mtls=off", a.cfg.MTLS)}
+	}
 	if !s.Ready || len(s.Warnings) == 0 {
 		return nil
 	}
@@ -134,6 +152,7 @@ func (a *Agent) startInbound(ctx context.Context, svc registration.Service) (int
 	l, err := inbound.New(inbound.Config{
 		Listen: listen.String(), App: app.String(), Service: svc.Name,
 		TLS: a.certs, Consul: in.authz, Log: a.log.With("part", "inbound"),
+		Refused: a.metrics.HandshakeFailed,
 	})
 	if err != nil {
 		return 0, err

@@ -161,6 +161,16 @@ func renderStatus(w io.Writer, admin string, st *state, now time.Time) {
 	for _, n := range st.Notes {
 		wrap(w, "  ", n)
 	}
+	if m := st.MTLS; m != nil {
+		switch c := m.Certs; {
+		case c == nil:
+			p("mtls: %s, no identity (outbound plaintext)", m.Mode)
+		case c.LeafURI == "":
+			p("mtls: %s as %s, waiting for its leaf", m.Mode, c.Service)
+		default:
+			p("mtls: %s as %s, leaf %s until %s, %d roots", m.Mode, c.Service, c.LeafSerial, c.LeafNotAfter.Format("2006-01-02 15:04"), c.Roots)
+		}
+	}
 	if len(st.Services) == 0 {
 		p("")
 		p("no service in use yet")
@@ -242,6 +252,9 @@ func renderStatus(w io.Writer, admin string, st *state, now time.Time) {
 			p("  %-18s %-21s %-12s %s", clip(r.Name, 18), clip(net.JoinHostPort(r.Address, strconv.Itoa(r.Port)), 21), r.Status, in)
 			if r.Output != "" {
 				wrap(w, "    ", r.Output)
+			}
+			if r.SidecarID != "" {
+				p("    mTLS inbound :%d, connect sidecar %s", r.SidecarPort, r.SidecarID)
 			}
 		}
 	}

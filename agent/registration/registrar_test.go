@@ -492,7 +492,7 @@ func TestRegistrarRegistersTheConnectSidecar(t *testing.T) {
 	}
 	sc := reg.Connect.SidecarService
 	p := sc.Proxy
-	if sc.Kind != api.ServiceKindConnectProxy || sc.ID != id+"-sidecar-proxy" || sc.Name != "web-sidecar-proxy" ||
+	if sc.Kind != api.ServiceKindConnectProxy || sc.ID != "" || sc.Name != "web-sidecar-proxy" ||
 		sc.Port != 21000 || sc.Address != "127.0.0.1" || p == nil || p.DestinationServiceName != "web" ||
 		p.DestinationServiceID != id || p.LocalServiceAddress != "127.0.0.1" || p.LocalServicePort != a.port {
 		t.Errorf("sidecar %+v proxy %+v", sc, p)

@@ -338,8 +338,9 @@ func (u *unit) registration(svc Service, st status) *api.AgentServiceRegistratio
 // check would keep it critical for up to 10 s after each registration).
 func SidecarRegistration(svc Service, addr netip.Addr, port int) *api.AgentServiceRegistration {
 	return &api.AgentServiceRegistration{
+		// No ID: Consul refuses one in a nested sidecar and gives it
+		// SidecarID's.
 		Kind:    api.ServiceKindConnectProxy,
-		ID:      SidecarID(svc.ID),
 		Name:    svc.Name + "-sidecar-proxy",
 		Address: addr.String(),
 		Port:    port,
