@@ -380,3 +380,68 @@ func TestMTLSOutboundStrict(t *testing.T) {
 		t.Errorf("the refusal says %q, want the reason", out)
 	}
 }
+
+// Meshlet to meshlet: instances behind meshlet's own inbound listener
+// (`meshlet run` registering the app, --mtls=strict, so that only the
+// inbound reaches the app), called by the client-only meshlet: spread
+// over mTLS, and a caller-side deny answered with a 403.
+func TestMTLSOutboundToMeshletInbound(t *testing.T) {
+	w := startWorld(t, meshlab.Options{Service: "seed", Instances: 1, NoMeshlet: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	env := []string{"SERVICE_NAME=web", "SERVICE_CHECK_HTTP=/health", "SERVICE_CHECK_INTERVAL=500ms"}
+	var names []string
+	for i := 1; i <= 2; i++ {
+		name := fmt.Sprintf("inst%d", i)
+		s, err := w.AddSidecarHost(name, env, "--mtls", "strict")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("%s's meshlet log:\n%s", name, lastLines(s.Meshlet.Output(), 40))
+			}
+		})
+		if err := s.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	waitConnectPassing(ctx, t, w, "web", 2)
+	startClientMeshlet(ctx, t, w, "permissive")
+	vip := resolveVIP(t, w, "web.local")
+	waitMTLSEndpoints(ctx, t, w, vip, "web.local", 2)
+	c := w.NewAppClient(vip, "web.local", false)
+	spread := map[string]int{}
+	for range 20 {
+		h := c.Get(ctx, "/", "")
+		if !h.OK() {
+			t.Fatalf("request through meshlet's inbound: %+v", h)
+		}
+		spread[h.Instance]++
+	}
+	for _, name := range names {
+		if spread[name] != 10 {
+			t.Errorf("spread %v, want 10 requests on each instance", spread)
+		}
+	}
+	lab := &mtlsLab{w: w}
+	lab.consulCLI(t, "intention", "create", "-deny", "web-client", "web")
+	if err := meshlab.Poll(ctx, 5*time.Second, "the deny to refuse the app", func() error {
+		if h := c.Get(ctx, "/", ""); h.Status != http.StatusForbidden || h.Error != "denied-by-intention" {
+			return fmt.Errorf("answer %+v", h)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	lab.consulCLI(t, "intention", "delete", "web-client", "web")
+	if err := meshlab.Poll(ctx, 5*time.Second, "requests to be allowed again", func() error {
+		if h := c.Get(ctx, "/", ""); !h.OK() {
+			return fmt.Errorf("%+v", h)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -513,4 +514,68 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// Raw TCP over mTLS: the bytes go both ways through the sidecar, and the
+// app's half-close reaches the instance (the TLS close_notify and the FIN
+// both).
+func TestMTLSRawTCP(t *testing.T) {
+	k := newMTLSKit(t)
+	conf := k.manager(t, "web", false).ServerConfig(nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := tls.Server(c, conf)
+				b, _ := io.ReadAll(tc) // until the caller's half-close
+				fmt.Fprintf(tc, "got %d bytes: %q", len(b), b)
+			}()
+		}
+	}()
+	_, _, front := mtlsMesh(t, upstream.MTLSStrict, k.manager(t, "web-client", false), nil,
+		[]*api.ServiceEntry{upstreamtest.Instance(t, "web", "r", upstreamtest.DeadAddr(t))}, sidecarEntry(t, "r", ln.Addr().String()))
+	c, err := net.Dial("tcp", front.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := "\x00\x01 not http at all\n"
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if want := fmt.Sprintf("got %d bytes: %q", len(msg), msg); string(got) != want || err != nil {
+		t.Errorf("answer %q (%v), want %q", got, err, want)
+	}
+}
+
+// In permissive mode, intentions decide only for services that take part
+// in Connect: a plaintext-only service is called as before a deny.
+func TestMTLSIntentionsSparePlaintextServices(t *testing.T) {
+	k := newMTLSKit(t)
+	plain := upstreamtest.WhoAmI(t, "p")
+	fc, _, front := mtlsMesh(t, upstream.MTLSPermissive, k.manager(t, "web-client", false), nil,
+		[]*api.ServiceEntry{upstreamtest.Instance(t, "web", "p", upstreamtest.AddrOf(plain))})
+	c := upstreamtest.Client(front)
+	if status, who, _ := get(t, c); status != 200 {
+		t.Fatalf("before the deny: %d %s", status, who)
+	}
+	setIntentions(fc, 6, &api.Intention{SourceName: "web-client", DestinationName: "web", Action: api.IntentionActionDeny, Precedence: 9})
+	upstreamtest.Eventually(t, "the intention to be seen", func() bool {
+		return slices.ContainsFunc(fc.IndexesSent(intentionsPath), func(i string) bool { return i == "6" })
+	})
+	if status, who, body := get(t, c); status != 200 || who != "p" {
+		t.Errorf("plaintext-only service after a deny: %d %s %q, want it called as before", status, who, body)
+	}
 }
