@@ -36,9 +36,9 @@ type connectInstance struct {
 // addConnectInstance starts an app answering as name on 127.0.0.1:8080 of
 // a new host, registers it as an instance of service with a Connect
 // sidecar on port 21000, and starts Consul's proxy for it, waiting until
-// it listens. The sidecar's
-// check passes from the start and runs every 30 s: a test kills a proxy
-// and needs meshlet, not Consul, to notice within it.
+// it listens. The sidecar's check is a TTL check that passes from the
+// start and for the whole test: a test kills a proxy and needs meshlet,
+// not Consul, to notice.
 func addConnectInstance(t *testing.T, w *meshlab.World, service, name string, meta map[string]string) *connectInstance {
 	t.Helper()
 	h, err := w.Lab.AddHost(name)
@@ -52,10 +52,9 @@ func addConnectInstance(t *testing.T, w *meshlab.World, service, name string, me
 	if err := w.Consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		ID: name, Name: service, Address: h.IP.String(), Port: 8080, Meta: meta,
 		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{
-			Port:  21000,
-			Proxy: &api.AgentServiceConnectProxyConfig{LocalServiceAddress: "127.0.0.1", LocalServicePort: 8080},
-			Checks: api.AgentServiceChecks{{Name: "sidecar listening", TCP: h.IP.String() + ":21000",
-				Interval: "30s", Timeout: "1s", Status: api.HealthPassing}},
+			Port:   21000,
+			Proxy:  &api.AgentServiceConnectProxyConfig{LocalServiceAddress: "127.0.0.1", LocalServicePort: 8080},
+			Checks: api.AgentServiceChecks{{Name: "sidecar", TTL: "10m", Status: api.HealthPassing}},
 		}},
 	}); err != nil {
 		t.Fatal(err)
@@ -250,8 +249,8 @@ func TestMTLSOutboundToConsulProxies(t *testing.T) {
 	}
 
 	// A retry: the pinned instance's proxy dies; Consul does not notice
-	// within the test (its check runs every 30 s), meshlet's dial is
-	// refused and the request goes to another instance.
+	// (its check is a TTL), meshlet's dial is refused and the request
+	// goes to another instance.
 	var victim *connectInstance
 	for _, ci := range insts {
 		if ci.name == pinned {
@@ -284,7 +283,7 @@ func TestMTLSOutboundToConsulProxies(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitConnectPassing(ctx, t, w, "web", 4) // the victim's entry stays passing: its check is slow
+	waitConnectPassing(ctx, t, w, "web", 4) // the victim's entry stays passing: its check is a TTL
 	if err := meshlab.Poll(ctx, 10*time.Second, "meshlet to try the impostor", func() error {
 		h := plain.Get(ctx, "/", "")
 		if !h.OK() {
