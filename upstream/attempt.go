@@ -62,12 +62,17 @@ func (e *dialError) Unwrap() error { return e.err }
 func DialFailure(addr string, err error) error { return &dialError{addr: addr, err: err} }
 
 // Dial opens a connection to the instance address addr (as
-// Endpoint.Addr) the way the mesh reaches instances (today a plain TCP
-// connection with the agent's socket mark). Front-ends make every
-// instance connection here. A failure says that nothing reached the
-// instance, so that Retry may send the request elsewhere, whatever its
-// method.
+// Endpoint.Addr) the way the mesh reaches instances: a TCP connection
+// with the agent's socket mark, and over it, when addr is an instance's
+// Connect sidecar (Endpoint.MTLS), the mTLS handshake with the app's
+// identity (connectdial.go), within the same connect timeout. Front-ends
+// make every instance connection here. A failure, the handshake's
+// included, says that nothing reached the instance, so that Retry may
+// send the request elsewhere, whatever its method.
 func (m *Mesh) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	if w := m.destOf(addr); w != nil {
+		return m.dialConnect(ctx, addr, w)
+	}
 	c, err := m.cfg.Dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, &dialError{addr: addr, err: err}

@@ -164,6 +164,12 @@ func (cfg Config) withDefaults() (Config, error) {
 			*d.value = d.def
 		}
 	}
+	if cfg.MTLS == "" {
+		cfg.MTLS = MTLSPermissive
+	}
+	if _, err := ParseMTLSMode(string(cfg.MTLS)); err != nil {
+		return cfg, fmt.Errorf("upstream config: %w", err)
+	}
 	cfg.clientXFF = ""
 	if cfg.ClientAddr.IsValid() {
 		cfg.clientXFF = cfg.ClientAddr.Unmap().WithZone("").String()

@@ -30,8 +30,10 @@
 // [Mesh.FailureAnswer] gives the words of the error the app gets and
 // [Pick.PinCookie] the cookie that pins it. Every connection to an
 // instance is made by [Mesh.Dial], so that how instances are reached
-// (plain TCP today) is the core's business alone; [Mesh.AppendClientIP]
-// says which address X-Forwarded-For names for the app.
+// (plain TCP, or Consul Connect mTLS to the instance's sidecar:
+// connect.go, connectdial.go, intentions.go) is the core's business
+// alone; [Mesh.AppendClientIP] says which address X-Forwarded-For names
+// for the app.
 //
 // While Consul does not answer, the last good views keep routing
 // (fail-static), for at most Config.MaxStale; they are saved in

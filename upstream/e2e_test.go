@@ -24,6 +24,13 @@ func webMesh(t testing.TB, tweak func(*upstream.Config), instances ...*api.Servi
 	fc.SetCatalog(1, "web")
 	fc.SetHealth("web", 7, instances...)
 	m := upstreamtest.NewMesh(t, fc, tweak)
+	return fc, m, outboundFront(t, m)
+}
+
+// outboundFront is a front whose connections the outbound path of m
+// serves for service "web", until the test ends.
+func outboundFront(t testing.TB, m *upstream.Mesh) *upstreamtest.Front {
+	t.Helper()
 	d, err := outbound.New(m, outbound.Config{SniffTimeout: 2 * time.Second}) // never raw TCP on a loaded machine
 	if err != nil {
 		t.Fatalf("outbound.New: %v", err)
@@ -33,7 +40,7 @@ func webMesh(t testing.TB, tweak func(*upstream.Config), instances ...*api.Servi
 		defer cancel()
 		d.Shutdown(ctx)
 	})
-	return fc, m, serveWeb(t, d)
+	return serveWeb(t, d)
 }
 
 // serveWeb is a front whose connections d serves for service "web".

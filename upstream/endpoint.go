@@ -28,6 +28,10 @@ type Endpoint struct {
 	// Status is the worst of the instance's checks and its node's:
 	// passing, warning or critical.
 	Status string `json:"status"`
+	// MTLS: Addr is the instance's Connect sidecar, reached over mTLS,
+	// and AppAddr the app's own address (connect.go).
+	MTLS    bool   `json:"mtls,omitempty"`
+	AppAddr string `json:"app_addr,omitempty"`
 }
 
 // EndpointSet is an immutable snapshot of instances a request may go to,
@@ -129,7 +133,8 @@ func (s *EndpointSet) equal(o *EndpointSet) bool {
 func endpointsEqual(a, b []Endpoint) bool {
 	return slices.EqualFunc(a, b, func(x, y Endpoint) bool {
 		return x.ID == y.ID && x.Node == y.Node && x.Addr == y.Addr && x.Weight == y.Weight &&
-			x.Status == y.Status && slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
+			x.Status == y.Status && x.MTLS == y.MTLS && x.AppAddr == y.AppAddr &&
+			slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
 	})
 }
 

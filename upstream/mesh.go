@@ -22,6 +22,7 @@ type Mesh struct {
 	// watchErrors counts failed queries of the catalog and health watches.
 	watchErrors atomic.Uint64
 	created     time.Time
+	mtls        mtlsState // connect.go
 
 	mu       sync.Mutex
 	watches  map[string]*serviceWatch
@@ -44,6 +45,8 @@ func New(cfg Config) (*Mesh, error) {
 		watches: make(map[string]*serviceWatch),
 		created: time.Now(),
 	}
+	m.mtls.on = cfg.MTLS != MTLSOff
+	m.mtls.watching = m.mtls.on && cfg.ClientTLS != nil
 	if cfg.StateDir != "" {
 		if m.state, err = openState(cfg.StateDir, cfg.StateID, cfg.Logger); err != nil {
 			return nil, err
@@ -72,8 +75,14 @@ func (m *Mesh) Run(ctx context.Context) error {
 		defer close(stateDone)
 		m.state.run(ctx, m.stateSnapshot)
 	}()
+	identityDone := make(chan struct{})
+	go func() {
+		defer close(identityDone)
+		m.awaitIdentity(ctx)
+	}()
 	m.catalog.run(ctx, m)
 	<-stateDone
+	<-identityDone
 
 	m.mu.Lock()
 	m.runDone = true
@@ -134,6 +143,7 @@ func (m *Mesh) startWatchLocked(w *serviceWatch) {
 		defer m.watchers.Done()
 		w.run(ctx, m)
 	}()
+	m.startConnectWatchesLocked(ctx, w)
 }
 
 // Endpoints returns the current healthy instances of a service, nil if it

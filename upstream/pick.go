@@ -186,6 +186,9 @@ func (m *Mesh) route(watch *serviceWatch, now time.Time, answered bool) (*Endpoi
 		return nil, nil, ErrCodeStale, fmt.Sprintf("meshlet: consul unreachable for %v; the last good instances of service %q are older than the max staleness (%v)",
 			age.Round(time.Second), watch.name, m.cfg.MaxStale)
 	}
+	if code, msg := m.mtlsRefusal(watch, v); code != "" {
+		return nil, nil, code, msg
+	}
 	set, panicking, why := v.route(now)
 	if set == nil {
 		return nil, nil, ErrCodeNoInstance, fmt.Sprintf("meshlet: no healthy instance of service %q: %s", watch.name, why)
@@ -272,6 +275,10 @@ func (m *Mesh) Connected(p *Pick) {
 // says whether the whole request body could be sent again; method is ""
 // for a raw connection, whose only retryable failure is a dial's.
 func (m *Mesh) Retry(p *Pick, method string, replayable bool, err error, attempt int) bool {
+	var denied *DeniedError
+	if errors.As(err, &denied) {
+		return false // an intention's refusal, no failure of the instance: every other one refuses too
+	}
 	now := time.Now()
 	m.pickFailed(p, now, err)
 	if attempt >= p.policy.Retries || !retryable(err, method) || !replayable {
@@ -332,8 +339,14 @@ func (m *Mesh) FailureAnswer(p *Pick, err error, timedOut bool) (status int, cod
 	if p.budgetDenied {
 		budget = " (not retried: retry budget exhausted)"
 	}
-	var de *dialError
+	var (
+		de     *dialError
+		denied *DeniedError
+	)
 	switch {
+	case errors.As(err, &denied):
+		m.log.Warn("request refused: a consul intention denies it", "service", name, "intention", denied.Intention)
+		return http.StatusForbidden, ErrCodeDenied, "meshlet: " + denied.Error()
 	case timedOut:
 		m.log.Warn("request timed out", "service", name, "instance", addr, "timeout", p.policy.Timeout, "tries", len(p.tried))
 		return http.StatusGatewayTimeout, ErrCodeTimeout,

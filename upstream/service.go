@@ -32,6 +32,9 @@ type serviceWatch struct {
 	logs   serviceLogs
 	// metrics are the service's series, resolved once (nil: none).
 	metrics *metrics.Service
+	// connect is the instances' mTLS and the intentions toward the
+	// service (connect.go, intentions.go).
+	connect connectState
 
 	// answered is closed once requests need not wait for Consul: at its
 	// first answer, or at its first failure when the state file gave a view.
@@ -135,10 +138,14 @@ func (w *serviceWatch) failed(streak int, since int64) {
 func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 	now := time.Now()
 	w.mu.Lock()
-	same := w.view.Load() != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil)
+	eps, release := w.connectOverlay(eps, m, fromDisk)
+	old := w.view.Load()
+	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && old.noMTLS == w.connect.why
 	if !same {
 		w.readmit(eps)
 		v := w.buildView(eps, m, now)
+		v.noMTLS = w.connect.why
+		v.hasMTLS = slices.ContainsFunc(eps, func(e Endpoint) bool { return e.MTLS })
 		w.lastEndpoints = sortedCopy(eps)
 		w.view.Store(v)
 		m.log.Debug("instances changed", "service", w.name, "registered", v.all.Len(), "passing", v.passing.Len(),
@@ -149,7 +156,9 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 		if !same {
 			m.state.changed()
 		}
-		w.answeredOnce.Do(func() { close(w.answered) })
+		if release {
+			w.answeredOnce.Do(func() { close(w.answered) })
+		}
 	}
 }
 

@@ -181,6 +181,9 @@ func validSavedEndpoint(e *Endpoint) bool {
 	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
 		return false
 	}
+	if e.MTLS != (e.AppAddr != "") || (e.MTLS && !validSavedEndpoint(&Endpoint{ID: e.ID, Addr: e.AppAddr, Status: e.Status})) {
+		return false
+	}
 	switch e.Status {
 	case api.HealthPassing, api.HealthWarning, api.HealthCritical:
 	default:

@@ -22,6 +22,10 @@ type serviceView struct {
 	settle      *EndpointSet
 	settleUntil time.Time
 	panicLogged atomic.Bool
+	// noMTLS is why strict mTLS routes to no instance ("": it does), and
+	// hasMTLS whether some instance is reached over mTLS (connect.go).
+	noMTLS  string
+	hasMTLS bool
 }
 
 // Reasons a view gives no set, for the answer's X-Meshlet-Error and body.

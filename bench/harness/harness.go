@@ -24,7 +24,7 @@ import (
 type Config struct {
 	Runs      int      // measured runs of each scenario, targets alternating
 	NoWarmup  bool     // skip the discarded warm-up round
-	Scenarios []string // "s1".."s6", "profile"; empty: all
+	Scenarios []string // "s1".."s7", "profile"; empty: all
 
 	S1Duration  time.Duration // per wrk run; whole seconds
 	S1Conns     []int
@@ -227,6 +227,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"s3", runS3},
 		{"s4", runS4},
 		{"s5", runS5}, // disruptive: kills and restarts an instance
+		{"s7", runS7}, // restarts meshlet with an identity, and back
 		{"profile", runProfile},
 	}
 	sampler := startLoadSampler(l)

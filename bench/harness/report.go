@@ -26,6 +26,7 @@ type Report struct {
 	S4Bypass struct{ Probes, Bypassed int }
 	S5       []S5Row
 	S6       *S6Result
+	S7       []S7Row // s7.go
 	Profiles []Profile
 	Notes    []string
 }
@@ -436,6 +437,7 @@ func (r *Report) Print(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	r.printS7(w)
 	r.printTargets(w)
 	for _, p := range r.Profiles {
 		fmt.Fprintf(w, "## Profile: %s (%s)\n\n", p.Name, p.File)

@@ -325,7 +325,7 @@ func (s *h1conn) forwardOnce() bool {
 	closeApp := r.connClose
 	code, msg, ok := m.Choose(s.ctx, s.target, p, s.cookies)
 	if !ok {
-		return s.answer(503, code, msg, closeApp || !s.body.done())
+		return s.answer(upstream.ChooseStatus(code), code, msg, closeApp || !s.body.done())
 	}
 	s.buildOut()
 	s.rec.reset()

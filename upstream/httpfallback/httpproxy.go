@@ -226,7 +226,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		upstream.StickyCookies(r.Header, name, found)
 	})
 	if !ok {
-		writeError(w, http.StatusServiceUnavailable, code, msg)
+		writeError(w, upstream.ChooseStatus(code), code, msg)
 		return
 	}
 	ctx := context.WithValue(r.Context(), pickKey{}, p)
