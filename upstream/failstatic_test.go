@@ -148,7 +148,7 @@ func startMesh(t *testing.T, fc *upstreamtest.FakeConsul, tweak func(*upstream.C
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	d, err := outbound.New(m, outbound.Config{SniffTimeout: 100 * time.Millisecond})
+	d, err := outbound.New(m, outbound.Config{SniffTimeout: 2 * time.Second}) // never raw TCP on a loaded machine
 	if err != nil {
 		t.Fatalf("outbound.New: %v", err)
 	}
