@@ -32,6 +32,8 @@ type serviceWatch struct {
 	logs   serviceLogs
 	// metrics are the service's series, resolved once (nil: none).
 	metrics *metrics.Service
+	// sub links a service with its tag subsets (subset.go).
+	sub subsetLink
 
 	// answered is closed once requests need not wait for Consul: at its
 	// first answer, or at its first failure when the state file gave a view.
@@ -100,6 +102,7 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 
 // answeredAgain runs on every good answer, before apply.
 func (w *serviceWatch) answeredAgain(afterFailures int, m *Mesh) {
+	defer w.subsetsAnswered(afterFailures, m)
 	w.failingSince.Store(0)
 	w.staleLogged.Store(false)
 	if afterFailures > 0 && m.cfg.SettleTime > 0 {
@@ -117,6 +120,7 @@ func (w *serviceWatch) answeredAgain(afterFailures int, m *Mesh) {
 // that Consul never answers fails too and holds no request longer than
 // CallTimeout.
 func (w *serviceWatch) failed(streak int, since int64) {
+	defer w.subsetsFailed(streak, since)
 	w.failingSince.CompareAndSwap(0, since)
 	if streak == 1 {
 		w.mu.Lock()
@@ -135,7 +139,8 @@ func (w *serviceWatch) failed(streak int, since int64) {
 func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 	now := time.Now()
 	w.mu.Lock()
-	same := w.view.Load() != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil)
+	same := w.view.Load() != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) &&
+		!w.policyChanged()
 	if !same {
 		w.readmit(eps)
 		v := w.buildView(eps, m, now)
@@ -145,6 +150,7 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 			"settling", v.settle.Len(), "policy", v.policy.Balance, "sticky", v.policy.Sticky)
 	}
 	w.mu.Unlock()
+	w.pushSubsets(m, fromDisk)
 	if !fromDisk {
 		if !same {
 			m.state.changed()
