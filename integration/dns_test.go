@@ -63,8 +63,8 @@ func TestDNSClients(t *testing.T) {
 	// SRV: the port Consul has (8080), the target, its VIP as additional.
 	for _, name := range []string{"web.local", "_web._tcp.local"} {
 		out := dig("+noall", "+answer", "+additional", name, "SRV")
-		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\.\s+7\s+IN\s+SRV\s+1 1 8080 web\.local\.$`).MatchString(out) ||
-			!regexp.MustCompile(`(?m)^web\.local\.\s+7\s+IN\s+A\s+` + regexp.QuoteMeta(web.String()) + `$`).MatchString(out) {
+		if !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(name)+`\.\s+7\s+IN\s+SRV\s+1 1 8080 web\.local\.$`).MatchString(out) ||
+			!regexp.MustCompile(`(?m)^web\.local\.\s+7\s+IN\s+A\s+`+regexp.QuoteMeta(web.String())+`$`).MatchString(out) {
 			t.Errorf("%s SRV: %q, want 1 1 8080 web.local. and its A %v", name, out, web)
 		}
 	}
