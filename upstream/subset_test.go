@@ -2,7 +2,9 @@ package upstream_test
 
 import (
 	"context"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
@@ -94,6 +96,9 @@ func TestSubsetRoutesToTaggedInstancesOnly(t *testing.T) {
 	if code, _, ok := m.Choose(context.Background(), target, &p, nil); ok || code != upstream.ErrCodeNoInstance {
 		t.Errorf("Choose with the v2 instance critical: ok %v code %q, want %q", ok, code, upstream.ErrCodeNoInstance)
 	}
+	if got := m.Ports(context.Background(), name); !slices.Equal(got, []uint16{8003}) {
+		t.Errorf("Ports(v2.web) with no instance passing = %v, want the registered one's [8003]", got)
+	}
 	fc.SetHealth("web", 3,
 		tagged(t, "a", "127.0.0.1:8001", "v1"),
 		tagged(t, "b", "127.0.0.1:8002", "v1"),
@@ -131,5 +136,49 @@ func TestSubsetFailStatic(t *testing.T) {
 	}
 	if ok, err := m.SubsetExists("v2", "web"); !ok || err != nil {
 		t.Errorf("SubsetExists during the outage = %v, %v; want true", ok, err)
+	}
+}
+
+// A client pinned to an instance through its service stays on it through
+// a subset that holds the instance: the cookie is the service's.
+func TestSubsetSharesStickyCookies(t *testing.T) {
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 1, Body: map[string][]string{"web": {"v1", "v2"}}})
+	fc.SetHealth("web", 1, tagged(t, "a", "127.0.0.1:8001", "v1"), tagged(t, "b", "127.0.0.1:8002", "v2"), tagged(t, "c", "127.0.0.1:8003", "v2"))
+	m := upstreamtest.NewMesh(t, fc, func(c *upstream.Config) {
+		o, err := upstream.ParseOverrides("web:sticky=cookie")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Overrides = o
+	})
+	web, sub := m.Target("web", "web.local"), m.Target("v2.web", "v2.web.local")
+	upstreamtest.Eventually(t, "the subset's instances", func() bool { return len(m.Endpoints("v2.web")) == 2 })
+	var cookie string
+	for range 3 { // round-robin over a, b, c until c answers
+		var p upstream.Pick
+		if _, msg, ok := m.Choose(context.Background(), web, &p, nil); !ok {
+			t.Fatal(msg)
+		}
+		if p.Endpoint().ID == "c" {
+			set, _ := p.PinCookie()
+			cookie, _, _ = strings.Cut(set, ";")
+			break
+		}
+	}
+	if cookie == "" {
+		t.Fatal("web never routed to c")
+	}
+	finder := func(name string, found func(upstream.StickyID) bool) {
+		upstream.StickyCookies(http.Header{"Cookie": {cookie}}, name, found)
+	}
+	for range 5 {
+		var p upstream.Pick
+		if _, msg, ok := m.Choose(context.Background(), sub, &p, finder); !ok {
+			t.Fatal(msg)
+		}
+		if p.Endpoint().ID != "c" || !p.StickyRouted() {
+			t.Fatalf("v2.web with web's cookie for c went to %s (sticky %v)", p.Endpoint().ID, p.StickyRouted())
+		}
 	}
 }
