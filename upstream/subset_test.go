@@ -126,6 +126,7 @@ func TestSubsetFailStatic(t *testing.T) {
 	m := upstreamtest.NewMesh(t, fc, nil)
 	target := m.Target("v2.web", "v2.web.local")
 	upstreamtest.Eventually(t, "the subset's instances", func() bool { return len(m.Endpoints("v2.web")) == 1 })
+	upstreamtest.Eventually(t, "the catalog", func() bool { ok, _ := m.CatalogReady(); return ok })
 
 	fc.SetFailing(upstreamtest.HealthPath("web"), true)
 	fc.SetFailing(upstreamtest.CatalogPath, true)
