@@ -62,6 +62,11 @@ func (w *serviceWatch) service() string {
 	return w.name
 }
 
+// ConsulService is the Consul service the target routes to: its
+// Service, or for a tag subset ("v2.web") the subset's service ("web"),
+// whose identity (mTLS) and instances it has.
+func (t *Target) ConsulService() string { return t.watch.service() }
+
 // subsetWatch returns the watch of the subset of service with tag, made
 // (with no loop of its own) if new and fed at once with what its service
 // already knows.

@@ -59,6 +59,9 @@ func TestSubsetRoutesToTaggedInstancesOnly(t *testing.T) {
 
 	name := upstream.SubsetName("V2", "Web")
 	target := m.Target(name, "v2.web.local")
+	if target.Service() != "v2.web" || target.ConsulService() != "web" {
+		t.Errorf("subset target: Service %q, ConsulService %q; want v2.web, web", target.Service(), target.ConsulService())
+	}
 	upstreamtest.Eventually(t, "the subset's instances", func() bool { return slices.Equal(ids(m.Endpoints(name)), []string{"c"}) })
 	for range 10 {
 		var p upstream.Pick
