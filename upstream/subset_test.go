@@ -3,9 +3,13 @@ package upstream_test
 import (
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -184,5 +188,54 @@ func TestSubsetSharesStickyCookies(t *testing.T) {
 		if p.Endpoint().ID != "c" || !p.StickyRouted() {
 			t.Fatalf("v2.web with web's cookie for c went to %s (sticky %v)", p.Endpoint().ID, p.StickyRouted())
 		}
+	}
+}
+
+// A meshlet restarted while Consul is down resolves and routes a subset
+// from the saved state, which keeps no tags: the saved instances have them.
+func TestSubsetFromTheSavedState(t *testing.T) {
+	dir := t.TempDir()
+	start := func(fc *upstreamtest.FakeConsul) (*upstream.Mesh, func()) {
+		m, err := upstream.New(upstream.Config{
+			Consul: fc.Client(t), FirstAnswerTimeout: 2 * time.Second, WaitTime: 2 * time.Second,
+			RetryBackoff: func(int) time.Duration { return 5 * time.Millisecond },
+			Logger:       upstreamtest.Logger(t), PingEvery: 20 * time.Millisecond,
+			StateDir: dir, StateID: "127.0.0.1:8500",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = m.Run(ctx) }()
+		stop := func() { cancel(); <-done }
+		t.Cleanup(stop)
+		return m, sync.OnceFunc(stop)
+	}
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 1, Body: map[string][]string{"web": {"v1", "v2"}}})
+	fc.SetHealth("web", 1, tagged(t, "a", "127.0.0.1:8001", "v1"), tagged(t, "c", "127.0.0.1:8003", "v2"))
+	m, stop := start(fc)
+	m.Watch("v2.web")
+	upstreamtest.Eventually(t, "the state file", func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "state-127.0.0.1_8500.json"))
+		return err == nil && strings.Contains(string(b), "127.0.0.1:8003")
+	})
+	stop()
+
+	down := upstreamtest.NewFakeConsul(t)
+	down.SetFailing(upstreamtest.CatalogPath, true)
+	down.SetFailing(upstreamtest.HealthPath("web"), true)
+	m2, _ := start(down)
+	upstreamtest.Eventually(t, "the subset known from the saved state", func() bool {
+		ok, err := m2.SubsetExists("v2", "web")
+		return ok && err == nil
+	})
+	if ok, err := m2.SubsetExists("v9", "web"); ok || err != nil {
+		t.Errorf("SubsetExists(v9) from the saved state = %v, %v; want false", ok, err)
+	}
+	var p upstream.Pick
+	if code, msg, ok := m2.Choose(context.Background(), m2.Target("v2.web", "v2.web.local"), &p, nil); !ok || p.Endpoint().ID != "c" {
+		t.Fatalf("Choose from the saved state: %v %s %s", ok, code, msg)
 	}
 }
