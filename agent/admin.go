@@ -83,6 +83,14 @@ type stateService struct {
 	Instances []stateInstance `json:"instances,omitempty"`
 	// Counters are the service's counters since meshlet started.
 	Counters *metrics.ServiceCounts `json:"counters,omitempty"`
+	// Subset names the service and tag of a tag subset ("v2.web"), which
+	// routes only to the service's instances that carry the tag.
+	Subset *stateSubset `json:"subset,omitempty"`
+}
+
+type stateSubset struct {
+	Service string `json:"service"`
+	Tag     string `json:"tag"`
 }
 
 type state struct {
@@ -119,6 +127,9 @@ func (a *Agent) handleState(w http.ResponseWriter, r *http.Request) {
 	}
 	for name, addr := range a.vips.Snapshot() {
 		s := stateService{Name: name, VIP: addr.String(), Endpoints: []string{}}
+		if tag, service, ok := strings.Cut(name, "."); ok {
+			s.Subset = &stateSubset{Service: service, Tag: tag}
+		}
 		for _, e := range a.mesh.Endpoints(name) {
 			s.Endpoints = append(s.Endpoints, fmt.Sprintf("%s %s", e.ID, e.Addr))
 		}

@@ -197,6 +197,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		Suffixes:  cfg.Suffixes,
 		Services:  services{a},
 		Upstreams: resolvers,
+		TTL:       uint32(cfg.DNSTTL / time.Second),
 		Dialer:    dialer,
 		Logger:    log.With("part", "dns"),
 		Metrics:   dnsMetrics{a.metrics.DNS()},
@@ -426,7 +427,7 @@ func (a *Agent) serviceOf(addr netip.Addr) (string, bool) {
 	if s, ok := a.vips.Lookup(addr); ok {
 		return s, true
 	}
-	for _, name := range a.mesh.ServiceNames() {
+	for _, name := range append(a.mesh.ServiceNames(), a.mesh.SubsetNames()...) {
 		if a.vips.Home(name) == addr {
 			if got, err := a.vips.Assign(name); err == nil && got == addr {
 				return name, true
@@ -441,7 +442,7 @@ type services struct{ a *Agent }
 
 // LookupVIP implements dns.Services.
 func (s services) LookupVIP(ctx context.Context, name string) (netip.Addr, bool, error) {
-	ok, err := s.a.mesh.ServiceExists(name)
+	ok, err := s.a.meshNameExists(name)
 	if err != nil || !ok {
 		return netip.Addr{}, false, err
 	}

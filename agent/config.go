@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/agent/registration"
+	"github.com/meshlet/meshlet/dns"
 	"github.com/meshlet/meshlet/upstream"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	MaxStale time.Duration
 	// ConnectTimeout bounds a connection to an instance.
 	ConnectTimeout time.Duration
+	// DNSTTL is the TTL of meshlet's own DNS answers and, through their
+	// SOA, of its negative answers; whole seconds.
+	DNSTTL time.Duration
 
 	// MTLS is how Consul Connect's mutual TLS is used (--mtls).
 	MTLS upstream.MTLSMode
@@ -284,6 +288,15 @@ func settings(consulDefault string) []setting {
 					return fmt.Errorf("%q is not a port from 1 to 65535", v)
 				}
 				c.InboundPort = uint16(n)
+				return nil
+			}},
+		{"dns-ttl", "MESHLET_DNS_TTL", (dns.DefaultTTL * time.Second).String(), "TTL of meshlet's DNS answers for mesh names and VIPs, and of its NXDOMAIN answers (SOA minimum)",
+			func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < time.Second || d > time.Hour || d%time.Second != 0 {
+					return fmt.Errorf("%q is not a whole number of seconds from 1s to 1h, such as 5s", v)
+				}
+				c.DNSTTL = d
 				return nil
 			}},
 	}

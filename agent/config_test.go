@@ -48,6 +48,9 @@ func TestParseConfigTrafficSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.DNSTTL != 5*time.Second {
+		t.Errorf("default DNS TTL %v, want 5s", c.DNSTTL)
+	}
 	if c.StateDir != "/var/lib/meshlet" || c.MaxStale != 0 || c.StickyKey != "" || c.Policy.String() != "" {
 		t.Errorf("defaults: state dir %q, max stale %v, sticky key %q, policy %q", c.StateDir, c.MaxStale, c.StickyKey, c.Policy)
 	}
@@ -57,6 +60,7 @@ func TestParseConfigTrafficSettings(t *testing.T) {
 			"MESHLET_STICKY_KEY": "0123456789abcdef",
 			"MESHLET_MAX_STALE":  "15m",
 			"MESHLET_STATE_DIR":  "/elsewhere",
+			"MESHLET_DNS_TTL":    "30s",
 		}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +68,7 @@ func TestParseConfigTrafficSettings(t *testing.T) {
 	if got := c.Policy.String(); got != "web:sticky=cookie,sticky-cookie=CONTAINERID" {
 		t.Errorf("policy = %q, want the flag's over the variable's", got)
 	}
-	if c.StickyKey != "0123456789abcdef" || c.MaxStale != 15*time.Minute {
+	if c.StickyKey != "0123456789abcdef" || c.MaxStale != 15*time.Minute || c.DNSTTL != 30*time.Second {
 		t.Errorf("sticky key %q, max stale %v; want the variables' values", c.StickyKey, c.MaxStale)
 	}
 	if c.StateDir != "" {
@@ -133,6 +137,9 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--max-stale", "-1m"}, nil, "--max-stale"},
 		{nil, map[string]string{"MESHLET_MAX_STALE": "long"}, "MESHLET_MAX_STALE"},
 		{[]string{"extra"}, nil, "unexpected argument"},
+		{[]string{"--dns-ttl", "1500ms"}, nil, "--dns-ttl"},
+		{[]string{"--dns-ttl", "0s"}, nil, "--dns-ttl"},
+		{nil, map[string]string{"MESHLET_DNS_TTL": "2h"}, "MESHLET_DNS_TTL"},
 	}
 	for _, tt := range tests {
 		_, err := ParseConfig(tt.args, env(tt.env), io.Discard)

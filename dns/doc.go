@@ -12,9 +12,20 @@
 //     case-insensitively, answered with the owner name exactly as asked).
 //     A names VIP; any other type of an existing service is NOERROR with no
 //     data. A service that does not exist is NXDOMAIN for every type.
-//   - Names with more labels (TAG.NAME.SUFFIX.) are NXDOMAIN until tags are
-//     supported, and so is a label that cannot be a service name (anything
-//     but letters, digits, '-' and '_', e.g. escaped bytes).
+//   - TAG.NAME.SUFFIX. is the subset of NAME's instances that carry TAG,
+//     asked of [Services] as "tag.name" and answered as a service. Names
+//     with more labels are NXDOMAIN, and so is a label that cannot be a
+//     service name or tag (anything but letters, digits, '-' and '_',
+//     e.g. escaped bytes).
+//   - SRV of NAME.SUFFIX. (or TAG.NAME.SUFFIX.), and of the RFC 2782 names
+//     _NAME._tcp.SUFFIX. (_udp too) and _NAME._TAG.SUFFIX. as Consul's DNS
+//     has them, answers one record per distinct port of the instances,
+//     priority and weight 1, target NAME.SUFFIX. (lower-case), with the
+//     VIP in the additional section; over UDP it is cut to the client's
+//     size with TC set. The RFC 2782 names have no other data.
+//   - PTR of a VIP's reverse name (D.C.B.A.in-addr.arpa.) answers its
+//     name under the first configured suffix; every other reverse name,
+//     and every other type, is forwarded.
 //   - The bare suffix (local.) exists: an SOA question gets the synthetic SOA
 //     as answer, every other type gets NOERROR with no data.
 //   - Negative answers (NXDOMAIN, no data) carry a synthetic SOA of the
@@ -37,5 +48,7 @@
 //     replies of one length to one client go as one UDP GSO send; it never
 //     waits for a batch to fill. The common mesh query (NAME.SUFFIX.
 //     A or AAAA, at most an OPT without options) is answered from its bytes
-//     without unpacking; the reply is the same as the general path's.
+//     without unpacking; the reply is the same as the general path's. SRV
+//     questions, which may wait for Consul's first answer about the ports
+//     ([Services.LookupPorts]), go to a goroutine as forwarded ones do.
 package dns

@@ -18,6 +18,7 @@ import (
 // services whose lookup fails.
 type fakeServices struct {
 	vips    map[string]netip.Addr
+	ports   map[string][]uint16
 	failing map[string]bool
 
 	mu    sync.Mutex
@@ -29,9 +30,34 @@ func newFakeServices() *fakeServices {
 		vips: map[string]netip.Addr{
 			"web": netip.MustParseAddr("127.77.0.1"),
 			"db":  netip.MustParseAddr("127.77.0.2"),
+			// The subset of web tagged v2, and one with no port known yet.
+			"v2.web":   netip.MustParseAddr("127.77.0.3"),
+			"noports":  netip.MustParseAddr("127.77.0.4"),
+			"brokenpt": netip.MustParseAddr("127.77.0.5"),
+		},
+		ports: map[string][]uint16{
+			"web":    {8080},
+			"v2.web": {8080, 9090},
+			"db":     {5432},
 		},
 		failing: map[string]bool{"broken": true},
 	}
+}
+
+func (f *fakeServices) LookupPorts(_ context.Context, service string) ([]uint16, error) {
+	if service == "brokenpt" {
+		return nil, errors.New("consul has not answered yet")
+	}
+	return f.ports[service], nil
+}
+
+func (f *fakeServices) LookupName(_ context.Context, vip netip.Addr) (string, bool) {
+	for name, a := range f.vips {
+		if a == vip {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 func (f *fakeServices) LookupVIP(_ context.Context, service string) (netip.Addr, bool, error) {
@@ -230,6 +256,10 @@ func (s staticServices) LookupVIP(_ context.Context, service string) (netip.Addr
 	vip, ok := s[service]
 	return vip, ok, nil
 }
+
+func (s staticServices) LookupPorts(context.Context, string) ([]uint16, error) { return nil, nil }
+
+func (s staticServices) LookupName(context.Context, netip.Addr) (string, bool) { return "", false }
 
 func newFakeServicesNoRecord() staticServices {
 	return staticServices{"web": netip.MustParseAddr("127.77.0.1")}

@@ -126,12 +126,7 @@ func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, z
 		err = errInvalidVIP
 	}
 	if err != nil {
-		if s.log.Enabled(s.ctx, slog.LevelDebug) {
-			s.log.LogAttrs(s.ctx, slog.LevelDebug, "mesh lookup failed, answering SERVFAIL",
-				slog.String("service", service), slog.String("error", err.Error()))
-		}
-		s.cfg.Metrics.Query(QueryServFail)
-		s.write(w, newReply(r, mdns.RcodeServerFailure))
+		s.lookupFailed(w, r, service, err)
 		return
 	}
 	if !found {
@@ -141,10 +136,15 @@ func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, z
 		s.write(w, m.withSOA(z))
 		return
 	}
+	if q.Qtype == mdns.TypeSRV {
+		s.answerSRV(w, r, z, service, vip)
+		return
+	}
 	s.cfg.Metrics.Query(QueryMesh)
 	m := newReply(r, mdns.RcodeSuccess)
 	m.msg.Authoritative = true
-	if !m.addAddress(q, vip.Unmap(), s.cfg.TTL) {
+	// The RFC 2782 name (_web._tcp.local.) has SRV records only.
+	if kind == meshSRVName || !m.addAddress(q, vip.Unmap(), s.cfg.TTL) {
 		m.withSOA(z)
 	}
 	s.write(w, m)
@@ -173,4 +173,14 @@ func (m *ownReply) addAddress(q mdns.Question, vip netip.Addr, ttl uint32) bool 
 	}
 	m.msg.Answer = m.answer[:]
 	return true
+}
+
+// lookupFailed answers SERVFAIL when the services could not tell.
+func (s *Server) lookupFailed(w mdns.ResponseWriter, r *mdns.Msg, service string, err error) {
+	if s.log.Enabled(s.ctx, slog.LevelDebug) {
+		s.log.LogAttrs(s.ctx, slog.LevelDebug, "mesh lookup failed, answering SERVFAIL",
+			slog.String("service", service), slog.String("error", err.Error()))
+	}
+	s.cfg.Metrics.Query(QueryServFail)
+	s.write(w, newReply(r, mdns.RcodeServerFailure))
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // The fast path answers the query every app lookup of a service sends (one
-// question, NAME.SUFFIX. type A or AAAA, class IN, at most an OPT with no
+// question, NAME.SUFFIX. type A or AAAA (or any but SRV), class IN, at most an OPT with no
 // options) straight from its bytes: no unpacking, no message, no
 // allocation. Its replies are byte for byte those of the general path
 // (answerMesh packed by miekg/dns without compression), which a fuzz
@@ -116,6 +116,9 @@ func (f *fastPath) parse(b []byte) (q fastQuery, ok bool) {
 		return q, false
 	}
 	q.qtype = binary.BigEndian.Uint16(b[q.nameEnd:])
+	if q.qtype == mdns.TypeSRV { // ports: the general path's (records.go)
+		return q, false
+	}
 	end := q.nameEnd + 4
 	if q.edns {
 		// Root name, OPT, any payload size, flags; no options.

@@ -10,11 +10,16 @@ const (
 	notMesh nameKind = iota
 	// meshApex is a suffix itself, e.g. "local.".
 	meshApex
-	// meshService is SERVICE.SUFFIX. with a valid service label.
+	// meshService is SERVICE.SUFFIX. with a valid service label, or
+	// TAG.SERVICE.SUFFIX., a tag subset (service "tag.service").
 	meshService
 	// meshNoName is under a suffix but names no service: more labels
-	// (TAG.NAME.local.) or a label no service can have. Answered NXDOMAIN.
+	// or a label no service can have. Answered NXDOMAIN.
 	meshNoName
+	// meshSRVName is _SERVICE._tcp.SUFFIX. (or _udp), the RFC 2782 name
+	// of a service's SRV records, or _SERVICE._TAG.SUFFIX. for a subset,
+	// as Consul's DNS has them: SRV only, no address.
+	meshSRVName
 )
 
 // String names the kind for test failures and logs.
@@ -28,6 +33,8 @@ func (k nameKind) String() string {
 		return "meshService"
 	case meshNoName:
 		return "meshNoName"
+	case meshSRVName:
+		return "meshSRVName"
 	}
 	return "nameKind(?)"
 }
@@ -36,10 +43,11 @@ func (k nameKind) String() string {
 // it, fully qualified or not) is under one of suffixes, which must be
 // lower-case, without dots at the ends, and sorted longest first so that
 // "service.consul" wins over "consul". It returns the index of the matching
-// suffix and, for meshService, the lower-case service name.
+// suffix and, for meshService and meshSRVName, the lower-case service
+// name: "web", or "v2.web" for the subset of web tagged v2.
 //
 // It runs on every query, so it allocates only to lower-case a service label
-// that the client sent with upper-case letters.
+// that the client sent with upper-case letters (and to join a subset's).
 func classifyName(name string, suffixes []string) (kind nameKind, suffix int, service string) {
 	name = trimFinalDot(name)
 	for i, sfx := range suffixes {
@@ -51,10 +59,23 @@ func classifyName(name string, suffixes []string) (kind nameKind, suffix int, se
 			continue
 		}
 		label := name[:dot]
-		if !isServiceLabel(label) {
-			// Either more labels or bytes a service name cannot hold
-			// (escapes included): no service by that name either way.
+		if isServiceLabel(label) {
+			return meshService, i, lowerASCII(label)
+		}
+		first, second, two := strings.Cut(label, ".")
+		if !two || !isServiceLabel(first) || !isServiceLabel(second) {
+			// More labels, or bytes a service name cannot hold (escapes
+			// included): no service by that name either way.
 			return meshNoName, i, ""
+		}
+		if len(first) > 1 && first[0] == '_' && len(second) > 1 && second[0] == '_' {
+			service := lowerASCII(first[1:])
+			switch tag := lowerASCII(second[1:]); tag {
+			case "tcp", "udp":
+				return meshSRVName, i, service
+			default:
+				return meshSRVName, i, tag + "." + service
+			}
 		}
 		return meshService, i, lowerASCII(label)
 	}

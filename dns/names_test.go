@@ -27,8 +27,16 @@ func TestClassifyName(t *testing.T) {
 		{"service.consul.", meshApex, "service.consul", ""},
 		{"LOCAL.", meshApex, "local", ""},
 		{"local", meshApex, "local", ""},
-		{"a.web.local.", meshNoName, "local", ""},
-		{"a.web.service.consul.", meshNoName, "service.consul", ""},
+		{"a.web.local.", meshService, "local", "a.web"},
+		{"V2.Web.local.", meshService, "local", "v2.web"},
+		{"a.web.service.consul.", meshService, "service.consul", "a.web"},
+		{"b.a.web.local.", meshNoName, "local", ""},
+		{"_web._tcp.local.", meshSRVName, "local", "web"},
+		{"_Web._UDP.service.consul.", meshSRVName, "service.consul", "web"},
+		{"_web._v2.local.", meshSRVName, "local", "v2.web"},
+		{"_._tcp.local.", meshService, "local", "_._tcp"},
+		{"a..local.", meshNoName, "local", ""},
+		{"a\\.b.web.local.", meshNoName, "local", ""},
 		{"we\\ b.local.", meshNoName, "local", ""},
 		{"we\\000b.local.", meshNoName, "local", ""},
 		{"a\\\\.local.", meshNoName, "local", ""},
@@ -76,8 +84,11 @@ func FuzzClassifyName(f *testing.F) {
 		if kind == notMesh && (i != -1 || service != "") {
 			t.Fatalf("notMesh with suffix %d service %q", i, service)
 		}
-		if kind == meshService && (service != strings.ToLower(service) || !isServiceLabel(service)) {
-			t.Fatalf("service %q is not a lower-case label", service)
+		if kind == meshService || kind == meshSRVName {
+			first, second, subset := strings.Cut(service, ".")
+			if service != strings.ToLower(service) || !isServiceLabel(first) || subset && !isServiceLabel(second) {
+				t.Fatalf("service %q is not a lower-case label or tag.label", service)
+			}
 		}
 		if _, ok := mdns.IsDomainName(name); !ok || strings.Contains(name, "\\") || name == "" {
 			return // the reference below only understands plain names
@@ -107,6 +118,15 @@ func referenceClassify(name string) (nameKind, string, string) {
 			return meshApex, sfx, ""
 		case len(before) == 1 && isServiceLabel(before[0]):
 			return meshService, sfx, before[0]
+		case len(before) == 2 && isServiceLabel(before[0]) && isServiceLabel(before[1]):
+			a, b := before[0], before[1]
+			if len(a) > 1 && a[0] == '_' && len(b) > 1 && b[0] == '_' {
+				if b == "_tcp" || b == "_udp" {
+					return meshSRVName, sfx, a[1:]
+				}
+				return meshSRVName, sfx, b[1:] + "." + a[1:]
+			}
+			return meshService, sfx, a + "." + b
 		default:
 			return meshNoName, sfx, ""
 		}

@@ -230,6 +230,9 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 		return
 	}
 	if kind == notMesh {
+		if s.answerReverse(w, r) {
+			return
+		}
 		s.forward(w, r)
 		return
 	}

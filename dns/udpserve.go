@@ -121,8 +121,12 @@ func (u *udpServer) handle(w *udpWriter, b []byte) {
 	if !ok {
 		return
 	}
-	if kind != notMesh {
+	wait := waitsForServices(kind, &req.Question[0])
+	if kind != notMesh && !wait {
 		u.s.answerMesh(w, req, kind, zone, service)
+		return
+	}
+	if kind == notMesh && u.s.answerReverse(w, req) {
 		return
 	}
 	select {
@@ -143,6 +147,10 @@ func (u *udpServer) handle(w *udpWriter, b []byte) {
 			<-u.sem
 			u.wg.Done()
 		}()
+		if wait {
+			u.s.answerMesh(fw, req, kind, zone, service)
+			return
+		}
 		u.s.forward(fw, req)
 	}()
 }

@@ -111,7 +111,17 @@ func udpPackets() map[string][]byte {
 	update.Opcode = mdns.OpcodeUpdate
 	chaos := question("web.local.", mdns.TypeA)
 	chaos.Question[0].Qclass = mdns.ClassCHAOS
+	srvEDNS := question("_web._v2.local.", mdns.TypeSRV)
+	srvEDNS.SetEdns0(512, false)
 	return map[string][]byte{
+		"subset A":             mustPack(question("v2.Web.local.", mdns.TypeA)),
+		"mesh SRV":             mustPack(question("web.local.", mdns.TypeSRV)),
+		"RFC 2782 SRV":         mustPack(question("_web._tcp.service.consul.", mdns.TypeSRV)),
+		"RFC 2782 A":           mustPack(question("_web._tcp.local.", mdns.TypeA)),
+		"subset SRV with EDNS": mustPack(srvEDNS),
+		"SRV, port lookup off": mustPack(question("brokenpt.local.", mdns.TypeSRV)),
+		"PTR of a VIP":         mustPack(question("3.0.77.127.in-addr.arpa.", mdns.TypePTR)),
+		"PTR of another":       mustPack(question("1.2.0.192.in-addr.arpa.", mdns.TypePTR)),
 		"mesh A":               mustPack(question("web.local.", mdns.TypeA)),
 		"mesh AAAA":            mustPack(question("web.local.", mdns.TypeAAAA)),
 		"mesh with EDNS":       mustPack(edns),

@@ -2,7 +2,7 @@
 # Installs what meshlet's tests, demo and benchmarks need on a fresh Debian
 # machine (as root): iptables, iproute2, curl and setpriv, the load tools and
 # proxies the benchmark harness compares with (wrk, nginx, haproxy, dnsperf,
-# unbound, taskset) and the Prometheus server that scrapes meshlet in the
+# unbound, taskset), the DNS tests' clients (dig, python3) and the Prometheus server that scrapes meshlet in the
 # metrics test, from Debian's packages, and a Consul binary built by
 # scripts/consul.sh. Safe to run again; apt-get runs only when something is
 # missing, and the packages' services are never started (the benchmarks run
@@ -23,6 +23,8 @@ command -v haproxy >/dev/null || need+=(haproxy)
 command -v dnsperf >/dev/null || need+=(dnsperf)
 command -v unbound >/dev/null || need+=(unbound)
 command -v prometheus >/dev/null || need+=(prometheus)
+command -v dig >/dev/null || need+=(bind9-dnsutils)
+command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
 	echo "deps.sh: installing ${need[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive

@@ -24,6 +24,9 @@ type catalogSnapshot struct {
 	names    map[string]struct{} // lower-cased
 	sorted   []string
 	fromDisk bool // from the state file; Consul has not answered in this run
+	// tags are the tags of each service's instances, lower-cased; nil
+	// when from the state file, which keeps none (subset.go).
+	tags map[string]map[string]struct{}
 }
 
 // catalogWatch keeps the service names of the last good catalog answer.
@@ -133,20 +136,27 @@ func (c *catalogWatch) apply(services map[string][]string, m *Mesh) {
 	// Right after an outage, a Consul that lost its state (a dev agent)
 	// may not list services whose instances will register again soon:
 	// keep the names known before for the settle time.
+	tags := catalogTags(services)
 	if old := c.current.Load(); old != nil && time.Now().Before(c.settleUntil) {
 		for name := range old.names {
 			names[name] = struct{}{}
 		}
+		mergeTags(tags, old.tags)
 	}
-	if old := c.current.Load(); old == nil || old.fromDisk || !maps.Equal(old.names, names) {
-		c.store(names, false)
+	if old := c.current.Load(); old == nil || old.fromDisk || !maps.Equal(old.names, names) || !tagsEqual(old.tags, tags) {
+		c.storeTags(names, tags, false)
 		m.state.changed()
 	}
 }
 
 // store swaps in a snapshot of names.
 func (c *catalogWatch) store(names map[string]struct{}, fromDisk bool) {
-	snap := &catalogSnapshot{names: names, fromDisk: fromDisk}
+	c.storeTags(names, nil, fromDisk)
+}
+
+// storeTags swaps in a snapshot of names with their tags.
+func (c *catalogWatch) storeTags(names map[string]struct{}, tags map[string]map[string]struct{}, fromDisk bool) {
+	snap := &catalogSnapshot{names: names, fromDisk: fromDisk, tags: tags}
 	for name := range snap.names {
 		snap.sorted = append(snap.sorted, name)
 	}

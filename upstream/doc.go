@@ -35,6 +35,10 @@
 // alone; [Mesh.AppendClientIP] says which address X-Forwarded-For names
 // for the app.
 //
+// A tag subset ("v2.web": the instances of web tagged v2) is routed as a
+// service of its own with its service's policy, fed by its service's
+// one watch rather than a query of its own (subset.go).
+//
 // While Consul does not answer, the last good views keep routing
 // (fail-static), for at most Config.MaxStale; they are saved in
 // Config.StateDir so that a restart during an outage still routes.

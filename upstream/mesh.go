@@ -119,6 +119,9 @@ func (m *Mesh) Watch(name string) {
 
 func (m *Mesh) watch(name string) *serviceWatch {
 	name = strings.ToLower(name)
+	if tag, service, ok := splitSubset(name); ok {
+		return m.subsetWatch(name, tag, service)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if w, ok := m.watches[name]; ok {
@@ -134,7 +137,7 @@ func (m *Mesh) watch(name string) *serviceWatch {
 
 // startWatchLocked starts w's loop if Run is running; m.mu is held.
 func (m *Mesh) startWatchLocked(w *serviceWatch) {
-	if m.runCtx == nil || m.runDone {
+	if m.runCtx == nil || m.runDone || w.sub.parent != nil { // a subset's service watch feeds it
 		return
 	}
 	ctx := m.runCtx

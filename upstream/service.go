@@ -35,6 +35,8 @@ type serviceWatch struct {
 	// connect is the instances' mTLS and the intentions toward the
 	// service (connect.go, intentions.go).
 	connect connectState
+	// sub links a service with its tag subsets (subset.go).
+	sub subsetLink
 
 	// answered is closed once requests need not wait for Consul: at its
 	// first answer, or at its first failure when the state file gave a view.
@@ -103,6 +105,7 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 
 // answeredAgain runs on every good answer, before apply.
 func (w *serviceWatch) answeredAgain(afterFailures int, m *Mesh) {
+	defer w.subsetsAnswered(afterFailures, m)
 	w.failingSince.Store(0)
 	w.staleLogged.Store(false)
 	if afterFailures > 0 && m.cfg.SettleTime > 0 {
@@ -120,6 +123,7 @@ func (w *serviceWatch) answeredAgain(afterFailures int, m *Mesh) {
 // that Consul never answers fails too and holds no request longer than
 // CallTimeout.
 func (w *serviceWatch) failed(streak int, since int64) {
+	defer w.subsetsFailed(streak, since)
 	w.failingSince.CompareAndSwap(0, since)
 	if streak == 1 {
 		w.mu.Lock()
@@ -138,9 +142,17 @@ func (w *serviceWatch) failed(streak int, since int64) {
 func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 	now := time.Now()
 	w.mu.Lock()
-	eps, release := w.connectOverlay(eps, m, fromDisk)
+	release := true
+	if w.sub.parent == nil {
+		eps, release = w.connectOverlay(eps, m, fromDisk)
+	}
+	// A subset's instances come from its service's view, which that
+	// service's connect watch overlaid already: Dial finds their sidecars
+	// under the service's watch (setDests), with the service's identity
+	// and intentions, not the subset's name.
 	old := w.view.Load()
-	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && old.noMTLS == w.connect.why
+	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && old.noMTLS == w.connect.why &&
+		!w.policyChanged()
 	if !same {
 		w.readmit(eps)
 		v := w.buildView(eps, m, now)
@@ -152,6 +164,7 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 			"settling", v.settle.Len(), "policy", v.policy.Balance, "sticky", v.policy.Sticky)
 	}
 	w.mu.Unlock()
+	w.pushSubsets(m, fromDisk)
 	if !fromDisk {
 		if !same {
 			m.state.changed()

@@ -61,13 +61,16 @@ func (w *serviceWatch) buildView(eps []Endpoint, m *Mesh, now time.Time) *servic
 		metas[i] = e.Meta
 	}
 	policy, problems := derivePolicy(w.name, metas, m.cfg.Overrides)
+	if p, ok := w.subsetPolicy(); ok {
+		policy, problems = p, nil
+	}
 	if msg := fmt.Sprint(problems); len(problems) > 0 && msg != w.lastProblems {
 		m.log.Warn("ignoring invalid meshlet settings in the service meta", "service", w.name, "problems", problems)
 		w.lastProblems = msg
 	}
 	var codec *cookieCodec
 	if policy.Sticky {
-		codec = newCookieCodec(w.name, policy.CookieName, m.cfg.StickyKey)
+		codec = newCookieCodec(w.service(), policy.CookieName, m.cfg.StickyKey)
 	}
 	var passing []Endpoint
 	keep := map[string]bool{}

@@ -15,6 +15,15 @@ import (
 // "example.": a documentation address that nothing ever connects to.
 var OutsideAddr = netip.MustParseAddr("192.0.2.10")
 
+// BigName is a name the test resolver answers with BigAnswers A records
+// (192.0.2.1 onwards): about 1,000 bytes, more than a UDP answer without
+// EDNS0 may hold (512), less than the usual EDNS0 size (1232). Over UDP
+// the answer is cut to the client's size with TC set, as real servers do.
+const (
+	BigName    = "big.example."
+	BigAnswers = 60
+)
+
 // TestResolver stands for the resolver the app had before meshlet: it
 // answers A queries for names under "example." itself (it forwards nothing,
 // so no test query leaves the lab) and NXDOMAIN for anything else, and
@@ -61,6 +70,20 @@ func (r *TestResolver) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	switch {
 	case !strings.HasSuffix(name, ".example."):
 		m.Rcode = dns.RcodeNameError
+	case name == BigName && q.Question[0].Qtype == dns.TypeA:
+		for i := range BigAnswers {
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
+				A:   net.IPv4(192, 0, 2, byte(1+i)),
+			})
+		}
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			size := dns.MinMsgSize
+			if opt := q.IsEdns0(); opt != nil {
+				size = int(opt.UDPSize())
+			}
+			m.Truncate(size)
+		}
 	case q.Question[0].Qtype == dns.TypeA:
 		m.Answer = append(m.Answer, &dns.A{
 			Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},

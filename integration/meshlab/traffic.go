@@ -22,6 +22,7 @@ func (w *World) RegisterMeta(inst *Instance, meta map[string]string) error {
 		Name:    w.Opts.Service,
 		Address: inst.Host.IP.String(),
 		Port:    8080,
+		Tags:    inst.Tags,
 		Meta:    meta,
 		Check: &api.AgentServiceCheck{
 			CheckID:  "check-" + inst.Name,
@@ -48,6 +49,9 @@ func (w *World) AddInstanceMeta(name string, meta map[string]string) (*Instance,
 		return nil, err
 	}
 	inst := &Instance{Name: name, Host: h, Proc: p}
+	if i := len(w.Instances); i < len(w.Opts.InstanceTags) {
+		inst.Tags = w.Opts.InstanceTags[i]
+	}
 	w.Instances = append(w.Instances, inst)
 	return inst, w.RegisterMeta(inst, meta)
 }

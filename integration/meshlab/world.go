@@ -32,6 +32,9 @@ type Options struct {
 	Instances int      // how many instances to start; default 3
 	Meshlet   []string // extra arguments for `meshlet run` on the app host
 	NoMeshlet bool     // do not start meshlet (the caller starts it)
+	// InstanceTags are the Consul tags of the instances Start makes, in
+	// order (web-1 gets InstanceTags[0]); missing entries: none.
+	InstanceTags [][]string
 	// PersistentConsul runs Consul as a one-node server with a data
 	// directory instead of -dev, so registrations survive StopConsul and
 	// StartConsul (it takes a few seconds longer to elect itself).
@@ -62,6 +65,7 @@ type World struct {
 // Instance is one instance of the service.
 type Instance struct {
 	Name string // also its Consul service ID
+	Tags []string
 	Host *netlab.Host
 	Proc *netlab.Proc
 }

@@ -1,0 +1,33 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+)
+
+// meshNameExists reports whether a mesh name the DNS server asks about
+// exists: a service ("web") in Consul's catalog, or a tag subset
+// ("v2.web") of one whose instances carry the tag.
+func (a *Agent) meshNameExists(name string) (bool, error) {
+	if tag, service, ok := strings.Cut(name, "."); ok {
+		return a.mesh.SubsetExists(tag, service)
+	}
+	return a.mesh.ServiceExists(name)
+}
+
+// LookupPorts implements dns.Services: the ports Consul has for the
+// instances of a service or subset, for SRV answers.
+func (s services) LookupPorts(ctx context.Context, name string) ([]uint16, error) {
+	return s.a.mesh.Ports(ctx, name), nil
+}
+
+// LookupName implements dns.Services: the service or subset a VIP stands
+// for, for PTR answers. Only addresses of the VIP range are looked at,
+// so other reverse names cost nothing and are forwarded.
+func (s services) LookupName(_ context.Context, vip netip.Addr) (string, bool) {
+	if !s.a.vips.Prefix().Contains(vip) {
+		return "", false
+	}
+	return s.a.serviceOf(vip)
+}
