@@ -579,3 +579,43 @@ func TestMTLSIntentionsSparePlaintextServices(t *testing.T) {
 		t.Errorf("plaintext-only service after a deny: %d %s %q, want it called as before", status, who, body)
 	}
 }
+
+// A tag subset (v2.web) reaches its instances' sidecars as its service
+// does: over mTLS, expecting the service's identity ("web", not
+// "v2.web"), and a deny of the service covers the subset.
+func TestMTLSSubsetUsesItsServicesIdentity(t *testing.T) {
+	k := newMTLSKit(t)
+	a, b := k.sidecar(t, "web", "a"), k.sidecar(t, "web", "b")
+	insts := []*api.ServiceEntry{
+		tagged(t, "a", upstreamtest.DeadAddr(t), "v1"),
+		tagged(t, "b", upstreamtest.DeadAddr(t), "v2"),
+	}
+	fc, m, _ := mtlsMesh(t, upstream.MTLSStrict, k.manager(t, "web-client", false), nil, insts,
+		sidecarEntry(t, "a", a.addr), sidecarEntry(t, "b", b.addr))
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 2, Body: map[string][]string{"web": {"v1", "v2"}}})
+	upstreamtest.Eventually(t, "the subset v2", func() bool { ok, _ := m.SubsetExists("v2", "web"); return ok })
+	name := upstream.SubsetName("v2", "web")
+	m.Watch(name)
+	upstreamtest.Eventually(t, "the subset's mTLS instance", func() bool {
+		eps := m.Endpoints(name)
+		return len(eps) == 1 && eps[0].ID == "b" && eps[0].MTLS && eps[0].Addr == b.addr
+	})
+	front := outboundFrontFor(t, m, name, "v2.web.local")
+	c := upstreamtest.Client(front)
+	for range 6 {
+		if status, who, body := get(t, c); status != http.StatusOK || who != "b" {
+			t.Fatalf("v2.web.local: %d %s %s; want 200 from b over mTLS", status, who, body)
+		}
+	}
+	if a.requests.Load() != 0 || b.requests.Load() != 6 {
+		t.Errorf("sidecars served a=%d b=%d, want 0 and 6", a.requests.Load(), b.requests.Load())
+	}
+	if st := m.MTLSStats(); st.Failed != 0 {
+		t.Errorf("handshakes failed: %+v (the subset expected another identity?)", st)
+	}
+	setIntentions(fc, 9, &api.Intention{SourceName: "web-client", DestinationName: "web", Action: api.IntentionActionDeny, Precedence: 9})
+	upstreamtest.Eventually(t, "the deny of web reaching v2.web", func() bool {
+		status, code, _ := get(t, c)
+		return status == http.StatusForbidden && code == upstream.ErrCodeDenied
+	})
+}

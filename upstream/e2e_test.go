@@ -31,6 +31,13 @@ func webMesh(t testing.TB, tweak func(*upstream.Config), instances ...*api.Servi
 // serves for service "web", until the test ends.
 func outboundFront(t testing.TB, m *upstream.Mesh) *upstreamtest.Front {
 	t.Helper()
+	return outboundFrontFor(t, m, "web", "web.local")
+}
+
+// outboundFrontFor is a front whose connections go to the target name
+// (a service or a subset) under the Host host.
+func outboundFrontFor(t testing.TB, m *upstream.Mesh, name, host string) *upstreamtest.Front {
+	t.Helper()
 	d, err := outbound.New(m, outbound.Config{SniffTimeout: 2 * time.Second}) // never raw TCP on a loaded machine
 	if err != nil {
 		t.Fatalf("outbound.New: %v", err)
@@ -40,7 +47,7 @@ func outboundFront(t testing.TB, m *upstream.Mesh) *upstreamtest.Front {
 		defer cancel()
 		d.Shutdown(ctx)
 	})
-	return serveWeb(t, d)
+	return upstreamtest.Serve(t, func(ctx context.Context, c net.Conn) { d.ServeConn(ctx, c, name, host) })
 }
 
 // serveWeb is a front whose connections d serves for service "web".
