@@ -169,3 +169,37 @@ func TestH2cRetryAndErrors(t *testing.T) {
 		t.Errorf("no instance: %d %q %q", resp.StatusCode, resp.Header.Get("X-Meshlet-Error"), body)
 	}
 }
+
+// A call's grpc-timeout bounds it at meshlet too, even when the app's
+// client does not enforce its own deadline: DEADLINE_EXCEEDED, in a
+// trailers-only answer that names the grpc-timeout.
+func TestGRPCTimeoutHeaderIsEnforced(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(5 * time.Second):
+		case <-r.Context().Done():
+		}
+	}))
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	_, front := serveWeb(t, nil, upstreamtest.WithMeta(upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(srv)), "meshlet-protocol", "grpc"))
+	req, _ := http.NewRequest(http.MethodPost, "http://web.local/grpc.testing.TestService/UnaryCall", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Grpc-Timeout", "200m")
+	start := time.Now()
+	resp, err := h2cClient(front, nil).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the answer came after %v", d)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Grpc-Status") != "4" ||
+		!strings.Contains(resp.Header.Get("Grpc-Message"), "grpc-timeout of 200ms") || resp.Header.Get("Content-Type") != "application/grpc" {
+		t.Errorf("%d %v; want a trailers-only DEADLINE_EXCEEDED that names the grpc-timeout", resp.StatusCode, resp.Header)
+	}
+}

@@ -85,6 +85,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := s.send(ctx, c, tr)
 	if err != nil {
+		if c.grpc && timeout > 0 && timeout != policy.Timeout && ctx.Err() != nil && r.Context().Err() == nil {
+			// The call's own deadline passed: the app's business, not
+			// the instance's failure.
+			s.answer(c, http.StatusGatewayTimeout, upstream.ErrCodeTimeout, fmt.Sprintf(
+				"meshlet: service %q did not answer within the call's grpc-timeout of %v (%d tries)", t.Service(), timeout, c.pick.Tries()))
+			return
+		}
 		s.failed(ctx, c, err)
 		return
 	}
@@ -206,8 +213,14 @@ func (s *Server) try(ctx context.Context, c *call, base *http.Request, tr http.R
 			err = upstream.ErrTryTimeout
 		}
 		cancel(nil)
-		if !upstream.IsDialFailure(err) && notReached(err, gotConn.Load(), wrote.Load(), ctx) {
+		switch {
+		case upstream.IsDialFailure(err):
+		case notReached(err, gotConn.Load(), wrote.Load(), ctx):
 			err = upstream.DialFailure(addr, err)
+		case connLost(err):
+			// The core's retry rule calls a connection that closed before
+			// the answer io.EOF: an idempotent request goes elsewhere.
+			err = fmt.Errorf("%w (the connection closed before the answer: %w)", err, io.EOF)
 		}
 		return nil, err
 	}
@@ -240,6 +253,15 @@ func notReached(err error, gotConn, wrote bool, ctx context.Context) bool {
 		return true
 	}
 	return strings.Contains(err.Error(), "graceful shutdown GOAWAY")
+}
+
+// connLost reports whether err is how the HTTP/2 transport tells that
+// the connection of a request died before its answer: it ended (as
+// io.ErrUnexpectedEOF) or was closed under the request.
+func connLost(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF) ||
+		strings.Contains(err.Error(), "http2: client connection force closed") ||
+		strings.Contains(err.Error(), "http2: client connection lost")
 }
 
 // answerBody runs done once when the answer's body is closed.
