@@ -53,6 +53,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.mesh.Done(t, &c.pick, &c.out)
 	}()
+	if r.Header.Get("Upgrade") != "" {
+		s.answer(c, http.StatusNotImplemented, upstream.ErrCodeBadRequest,
+			"meshlet: bad request: an Upgrade (WebSocket) is not passed to a service declared to speak HTTP/2")
+		return
+	}
 	if msg, ok := refused(r); !ok {
 		s.answer(c, http.StatusBadRequest, upstream.ErrCodeBadRequest, msg)
 		return
@@ -150,6 +155,18 @@ func (s *Server) outRequest(c *call) *http.Request {
 	// has been read; the transport sends them from there then.
 	out.Trailer = in.Trailer
 	out.RequestURI = ""
+	// An HTTP/1.1 request's hop-by-hop headers stay on its hop (HTTP/2
+	// has none; "TE: trailers" is the one it keeps).
+	for k := range out.Header {
+		if k != "Te" && hopByHop(k, in.Header) {
+			delete(out.Header, k)
+		}
+	}
+	if out.Header.Get("Te") != "" && !httpguts.HeaderValuesContainsToken(in.Header["Te"], "trailers") {
+		delete(out.Header, "Te")
+	} else if out.Header.Get("Te") != "" {
+		out.Header.Set("Te", "trailers")
+	}
 	out.URL.Scheme = "http"
 	host := in.Host
 	if host == "" {

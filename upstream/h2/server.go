@@ -14,7 +14,8 @@
 // itself for gRPC calls are trailers-only gRPC statuses (grpc.go).
 //
 // It knows nothing of the other front-ends: upstream/outbound hands it
-// the connections that begin with the HTTP/2 preface.
+// the connections that begin with the HTTP/2 preface, and the HTTP/1.1
+// ones to services declared to speak HTTP/2.
 package h2
 
 import (
@@ -47,8 +48,11 @@ type Server struct {
 // first connection Serve gets.
 func New(mesh *upstream.Mesh) *Server {
 	s := &Server{mesh: mesh, log: mesh.Logger(), accept: newHandOff(), bufs: frontend.NewBufferPool(32 << 10)}
+	// h2c, and HTTP/1.1 for the app's requests to services declared to
+	// speak HTTP/2, which the dispatcher hands here too.
 	appSide := new(http.Protocols)
 	appSide.SetUnencryptedHTTP2(true)
+	appSide.SetHTTP1(true)
 	s.server = &http.Server{
 		Handler:   http.HandlerFunc(s.serveHTTP),
 		Protocols: appSide,

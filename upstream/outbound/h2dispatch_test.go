@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -73,5 +74,32 @@ func TestDispatchProtocolTCPSkipsSniffing(t *testing.T) {
 		if err != nil || !bytes.Equal(echo, preface) {
 			t.Errorf("connection %d: echo %q, %v", i, echo, err)
 		}
+	}
+}
+
+// HTTP/1.1 requests to a service declared http2 reach its h2c-only
+// instances as HTTP/2.
+func TestDispatchHTTP1ToServiceDeclaredHTTP2(t *testing.T) {
+	inst := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Seen-Proto", r.Proto)
+		w.Header().Set("X-Seen-Connection", r.Header.Get("Connection")+r.Header.Get("Keep-Alive"))
+		io.WriteString(w, "hello")
+	}))
+	inst.Config.Protocols = new(http.Protocols)
+	inst.Config.Protocols.SetUnencryptedHTTP2(true)
+	inst.Start()
+	t.Cleanup(inst.Close)
+	front := oneInstanceMesh(t, upstreamtest.AddrOf(inst), "meshlet-protocol", "http2")
+	app := upstreamtest.DialApp(t, front)
+	for range 2 {
+		app.Send("GET /x HTTP/1.1\r\nHost: web.local\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n")
+		resp, body := app.Read("GET")
+		if resp.StatusCode != http.StatusOK || body != "hello" || resp.Header.Get("X-Seen-Proto") != "HTTP/2.0" || resp.Header.Get("X-Seen-Connection") != "" {
+			t.Fatalf("%d %q %v; want hello over HTTP/2.0 without hop-by-hop headers", resp.StatusCode, body, resp.Header)
+		}
+	}
+	app.Send("GET /ws HTTP/1.1\r\nHost: web.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	if resp, _ := app.Read("GET"); resp.StatusCode != http.StatusNotImplemented {
+		t.Errorf("an Upgrade to a service declared http2: %d, want 501", resp.StatusCode)
 	}
 }

@@ -77,7 +77,8 @@ func New(mesh *upstream.Mesh, cfg Config) (*Dispatcher, error) {
 // ("web.local"), sent as Host for requests that have none. HTTP/1.x and
 // h2c are proxied per request, anything else per connection; a service
 // declared tcp is proxied per connection without waiting for the app's
-// first bytes. ServeConn closes conn, also when ctx ends.
+// first bytes, and HTTP/1.x to a service declared http2 or grpc goes to
+// the HTTP/2 front-end, which speaks h2c to its instances. ServeConn closes conn, also when ctx ends.
 func (d *Dispatcher) ServeConn(ctx context.Context, conn net.Conn, service string, host string) {
 	if service == "" {
 		d.log.Warn("dropping a connection for no service", "from", conn.RemoteAddr())
@@ -94,7 +95,8 @@ func (d *Dispatcher) ServeConn(ctx context.Context, conn net.Conn, service strin
 	defer stop()
 
 	t := d.mesh.Target(service, host)
-	if d.mesh.Protocol(ctx, t) == upstream.ProtocolTCP {
+	hint := d.mesh.Protocol(ctx, t)
+	if hint == upstream.ProtocolTCP {
 		d.tcp.Serve(ctx, live, conn, nil, t)
 		return
 	}
@@ -109,6 +111,14 @@ func (d *Dispatcher) ServeConn(ctx context.Context, conn net.Conn, service strin
 		d.tcp.Serve(ctx, live, conn, peeked, t)
 	case protoH2:
 		d.h2.Serve(ctx, conn, peeked, t)
+	case protoHTTP:
+		if hint == upstream.ProtocolHTTP2 || hint == upstream.ProtocolGRPC {
+			// Instances that speak HTTP/2 (a gRPC server may speak
+			// nothing else): HTTP/1.1 requests go to them as h2c too.
+			d.h2.Serve(ctx, conn, peeked, t)
+			return
+		}
+		d.h1.Serve(ctx, live, conn, peeked, t)
 	default:
 		d.h1.Serve(ctx, live, conn, peeked, t)
 	}
