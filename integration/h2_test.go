@@ -388,15 +388,23 @@ func TestProtocolTCPServerFirstConnectsWithoutDelay(t *testing.T) {
 	}
 	greet("smtp") // the first connection starts meshlet's watch of the service
 	greet("smtp-sniffed")
+	// Without the hint meshlet waits 300 ms for the app's first bytes;
+	// with it the greeting comes at once (a loaded machine may delay one
+	// connection, never by the sniff wait).
+	fastest := time.Hour
 	for i := range 5 {
 		hinted, sniffed := greet("smtp"), greet("smtp-sniffed")
 		t.Logf("greeting after %v with the hint, %v without", hinted, sniffed)
-		if hinted > 100*time.Millisecond {
+		fastest = min(fastest, hinted)
+		if hinted >= 250*time.Millisecond {
 			t.Errorf("connection %d: the greeting of the service declared tcp came after %v", i, hinted)
 		}
 		if sniffed < 250*time.Millisecond {
 			t.Errorf("connection %d: without the hint the greeting came after %v, want the 300 ms sniff wait", i, sniffed)
 		}
+	}
+	if fastest > 50*time.Millisecond {
+		t.Errorf("the fastest greeting with the hint came after %v, want at once", fastest)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,11 +36,15 @@ const DelayKey = "x-delay-ms"
 type Service struct {
 	testpb.UnimplementedTestServiceServer
 	Name string
+	// Unary counts the unary calls in progress.
+	Unary atomic.Int64
 }
 
 // Register adds the service of an instance called name to s.
-func Register(s *grpc.Server, name string) {
-	testpb.RegisterTestServiceServer(s, &Service{Name: name})
+func Register(s *grpc.Server, name string) *Service {
+	svc := &Service{Name: name}
+	testpb.RegisterTestServiceServer(s, svc)
+	return svc
 }
 
 func (s *Service) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, error) {
@@ -47,6 +52,8 @@ func (s *Service) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, erro
 }
 
 func (s *Service) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	s.Unary.Add(1)
+	defer s.Unary.Add(-1)
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(DelayKey); len(v) > 0 {
 		ms, err := strconv.Atoi(v[0])
@@ -109,8 +116,9 @@ func payload(n int32) *testpb.Payload {
 
 // Instance is a gRPC instance on a loopback port, for unit tests.
 type Instance struct {
-	Addr   string
-	Server *grpc.Server
+	Addr    string
+	Server  *grpc.Server
+	Service *Service
 }
 
 // Start serves an instance called name on a loopback port until the test
@@ -122,8 +130,8 @@ func Start(t testing.TB, name string) *Instance {
 		t.Fatalf("listen: %v", err)
 	}
 	s := grpc.NewServer()
-	Register(s, name)
+	svc := Register(s, name)
 	go s.Serve(ln)
 	t.Cleanup(s.Stop)
-	return &Instance{Addr: ln.Addr().String(), Server: s}
+	return &Instance{Addr: ln.Addr().String(), Server: s, Service: svc}
 }
