@@ -36,3 +36,9 @@ bench: deps
 # FUZZ selects targets by a regular expression. Hours; not part of `make test`.
 fuzz:
 	FUZZTIME=$${FUZZTIME:-10000000x} CAP=$${CAP:-30m} scripts/fuzz.sh '$(or $(FUZZ),.)'
+
+# The WebSocket held for minutes through changes of the instance set (the
+# test of `make test` holds it 20 s).
+.PHONY: test-websocket-long
+test-websocket-long: deps
+	MESHLET_CONSUL_BIN=$(CONSUL) MESHLET_WS_HOLD=5m go test -count=1 -timeout 15m -v -run TestWebSocketHeldWhileInstancesChange ./integration/

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -44,6 +45,26 @@ type Policy struct {
 	EjectMaxShare float64       // most instances ejected at once, as a share (never all)
 
 	Panic bool // route to every registered instance when none is passing
+
+	// Protocol is what the service speaks, when its meta or the caller
+	// says so (ProtocolTCP, ProtocolHTTP, ProtocolHTTP2, ProtocolGRPC);
+	// "": unknown, the app's first bytes tell.
+	Protocol string
+}
+
+// Protocol hints (the key "protocol"): tcp skips sniffing; http2 and grpc
+// make the HTTP/2 front-end speak h2c to the instances.
+const (
+	ProtocolTCP   = "tcp"
+	ProtocolHTTP  = "http"
+	ProtocolHTTP2 = "http2"
+	ProtocolGRPC  = "grpc"
+)
+
+// SpeaksHTTP2 reports whether the service's instances are declared to
+// take h2c (protocol http2 or grpc).
+func (p *Policy) SpeaksHTTP2() bool {
+	return p.Protocol == ProtocolHTTP2 || p.Protocol == ProtocolGRPC
 }
 
 // String writes the policy as override entries (see ParseOverrides),
@@ -54,9 +75,9 @@ func (p Policy) String() string {
 		sticky = "cookie"
 	}
 	return fmt.Sprintf("sticky=%s,sticky-cookie=%s,sticky-max-age=%v,balance=%s,retries=%d,timeout=%v,try-timeout=%v,"+
-		"retry-budget=%g%%,retry-min=%g,eject-after=%d,eject-5xx=%t,eject-time=%v,eject-max=%g%%,panic=%t",
+		"retry-budget=%g%%,retry-min=%g,eject-after=%d,eject-5xx=%t,eject-time=%v,eject-max=%g%%,panic=%t,protocol=%s",
 		sticky, p.CookieName, p.CookieMaxAge, p.Balance, p.Retries, p.Timeout, p.TryTimeout,
-		p.RetryBudget*100, p.RetryMinPerSec, p.EjectAfter, p.Eject5xx, p.EjectTime, p.EjectMaxShare*100, p.Panic)
+		p.RetryBudget*100, p.RetryMinPerSec, p.EjectAfter, p.Eject5xx, p.EjectTime, p.EjectMaxShare*100, p.Panic, p.protocolName())
 }
 
 // DefaultPolicy is the policy of a service without meta or overrides.
@@ -141,7 +162,32 @@ func policyKeys() []policyKey {
 		{"eject-time", durationKey(func(p *Policy) *time.Duration { return &p.EjectTime }, time.Millisecond, time.Hour)},
 		{"eject-max", percentKey(func(p *Policy) *float64 { return &p.EjectMaxShare })},
 		{"panic", boolKey(func(p *Policy) *bool { return &p.Panic })},
+		{"protocol", func(p *Policy, v string) error {
+			switch v = strings.ToLower(v); v {
+			case ProtocolTCP, ProtocolHTTP, ProtocolHTTP2, ProtocolGRPC:
+				p.Protocol = v
+			case "auto":
+				p.Protocol = ""
+			default:
+				return fmt.Errorf("%q is not tcp, http, http2, grpc or auto", v)
+			}
+			return nil
+		}},
 	}
+}
+
+func (p Policy) protocolName() string { return cmp.Or(p.Protocol, "auto") }
+
+// Protocol returns the protocol hint of t's service (Policy.Protocol),
+// waiting for Consul's first answer for it at most
+// Config.FirstAnswerTimeout; "" while unknown. The dispatcher asks it
+// before it reads a byte of a connection.
+func (m *Mesh) Protocol(ctx context.Context, t *Target) string {
+	t.watch.awaitFirstAnswer(ctx, m.cfg.FirstAnswerTimeout)
+	if v := t.watch.view.Load(); v != nil {
+		return v.policy.Protocol
+	}
+	return ""
 }
 
 func findPolicyKey(name string) (policyKey, bool) {

@@ -50,6 +50,16 @@ func TestDerivePolicyFromMeta(t *testing.T) {
 			func(p Policy) bool { return p.Balance == BalanceRoundRobin && p.Retries == 1 }, 0},
 		{"a * override stands in for missing meta", nil, "*:sticky=cookie", func(p Policy) bool { return p.Sticky }, 0},
 		{"overrides of another service do not apply", []map[string]string{sticky}, "api:sticky=none", func(p Policy) bool { return p.Sticky }, 0},
+		{"no protocol hint", nil, "", func(p Policy) bool { return p.Protocol == "" && !p.SpeaksHTTP2() }, 0},
+		{"protocol grpc speaks HTTP/2", []map[string]string{{"meshlet-protocol": "GRPC"}}, "", func(p Policy) bool {
+			return p.Protocol == ProtocolGRPC && p.SpeaksHTTP2()
+		}, 0},
+		{"protocol http2 speaks HTTP/2", []map[string]string{{"meshlet-protocol": "http2"}}, "", func(p Policy) bool { return p.SpeaksHTTP2() }, 0},
+		{"protocol tcp", []map[string]string{{"meshlet-protocol": "tcp"}}, "", func(p Policy) bool {
+			return p.Protocol == ProtocolTCP && !p.SpeaksHTTP2()
+		}, 0},
+		{"an override auto undoes the meta's hint", []map[string]string{{"meshlet-protocol": "tcp"}}, "web:protocol=auto", func(p Policy) bool { return p.Protocol == "" }, 0},
+		{"an unknown protocol is ignored and reported", []map[string]string{{"meshlet-protocol": "h3"}}, "", func(p Policy) bool { return p.Protocol == "" }, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ov, err := ParseOverrides(tc.ov)
@@ -110,6 +120,7 @@ func FuzzParseOverrides(f *testing.F) {
 		"web:sticky=cookie,sticky-cookie=CONTAINERID,sticky-max-age=3600",
 		"*:balance=least-request,api:retries=0,timeout=1.5s",
 		"web:eject-max=50%,retry-budget=20,retry-min=3/s,panic=true",
+		"web:protocol=grpc,db:protocol=tcp,*:protocol=auto",
 		":=,:,=,web:=x,web:a=b=c", "web:timeout=-1s", "\x00:\xff=\xfe",
 	} {
 		f.Add(s)

@@ -12,7 +12,7 @@ import (
 const modPath = "github.com/meshlet/meshlet/upstream"
 
 // frontEnds are the protocol front-ends: each asks the routing core only.
-var frontEnds = []string{"h1", "httpfallback", "tcp"}
+var frontEnds = []string{"h1", "h2", "httpfallback", "tcp"}
 
 // deps lists what pkg imports, directly or not, as go list -deps does.
 func deps(t *testing.T, pkg string) []string {

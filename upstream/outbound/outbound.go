@@ -10,6 +10,7 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/meshlet/meshlet/upstream"
 	"github.com/meshlet/meshlet/upstream/h1"
+	"github.com/meshlet/meshlet/upstream/h2"
 	"github.com/meshlet/meshlet/upstream/httpfallback"
 	"github.com/meshlet/meshlet/upstream/internal/frontend"
 	"github.com/meshlet/meshlet/upstream/tcp"
@@ -45,6 +47,7 @@ type Dispatcher struct {
 	conns    *frontend.ConnSet
 	h1       *h1.Forwarder
 	fallback *httpfallback.Server
+	h2       *h2.Server
 	tcp      *tcp.Proxy
 }
 
@@ -62,6 +65,7 @@ func New(mesh *upstream.Mesh, cfg Config) (*Dispatcher, error) {
 		cfg:      cfg,
 		conns:    frontend.NewConnSet(),
 		fallback: httpfallback.New(mesh),
+		h2:       h2.New(mesh),
 		tcp:      tcp.New(mesh),
 	}
 	d.h1 = h1.New(mesh, h1.Config{HandOff: d.fallback.Serve, AppCheck: cfg.appCheck})
@@ -70,9 +74,11 @@ func New(mesh *upstream.Mesh, cfg Config) (*Dispatcher, error) {
 
 // ServeConn proxies one connection the app made to service and returns
 // when it is done. host is the name the app used to reach the service
-// ("web.local"), sent as Host for requests that have none. HTTP/1.x is
-// proxied per request, anything else per connection. ServeConn closes
-// conn, also when ctx ends.
+// ("web.local"), sent as Host for requests that have none. HTTP/1.x and
+// h2c are proxied per request, anything else per connection; a service
+// declared tcp is proxied per connection without waiting for the app's
+// first bytes, and HTTP/1.x to a service declared http2 or grpc goes to
+// the HTTP/2 front-end, which speaks h2c to its instances. ServeConn closes conn, also when ctx ends.
 func (d *Dispatcher) ServeConn(ctx context.Context, conn net.Conn, service string, host string) {
 	if service == "" {
 		d.log.Warn("dropping a connection for no service", "from", conn.RemoteAddr())
@@ -89,17 +95,33 @@ func (d *Dispatcher) ServeConn(ctx context.Context, conn net.Conn, service strin
 	defer stop()
 
 	t := d.mesh.Target(service, host)
+	hint := d.mesh.Protocol(ctx, t)
+	if hint == upstream.ProtocolTCP {
+		d.tcp.Serve(ctx, live, conn, nil, t)
+		return
+	}
 	proto, peeked, err := sniff(conn, d.cfg.SniffTimeout)
 	if err != nil {
 		d.log.Debug("dropping connection", "service", t.Service(), "from", conn.RemoteAddr(), "err", err)
 		conn.Close()
 		return
 	}
-	if proto == protoTCP {
+	switch proto {
+	case protoTCP:
 		d.tcp.Serve(ctx, live, conn, peeked, t)
-		return
+	case protoH2:
+		d.h2.Serve(ctx, conn, peeked, t)
+	case protoHTTP:
+		if hint == upstream.ProtocolHTTP2 || hint == upstream.ProtocolGRPC {
+			// Instances that speak HTTP/2 (a gRPC server may speak
+			// nothing else): HTTP/1.1 requests go to them as h2c too.
+			d.h2.Serve(ctx, conn, peeked, t)
+			return
+		}
+		d.h1.Serve(ctx, live, conn, peeked, t)
+	default:
+		d.h1.Serve(ctx, live, conn, peeked, t)
 	}
-	d.h1.Serve(ctx, live, conn, peeked, t)
 }
 
 // Shutdown stops taking connections, lets requests in flight and raw
@@ -108,7 +130,7 @@ func (d *Dispatcher) ServeConn(ctx context.Context, conn net.Conn, service strin
 func (d *Dispatcher) Shutdown(ctx context.Context) error {
 	drained := d.conns.Drain()
 	d.h1.Close()
-	err := d.fallback.Shutdown(ctx)
+	err := errors.Join(d.fallback.Shutdown(ctx), d.h2.Shutdown(ctx))
 	if err == nil {
 		select {
 		case <-drained:
@@ -118,6 +140,7 @@ func (d *Dispatcher) Shutdown(ctx context.Context) error {
 	}
 	if err != nil {
 		d.fallback.Close()
+		d.h2.Close()
 		d.conns.CloseAll()
 		return fmt.Errorf("draining proxied connections: %w", err)
 	}

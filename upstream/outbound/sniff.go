@@ -16,20 +16,27 @@ type protocol int
 const (
 	protoTCP  protocol = iota // anything we do not parse: proxied per connection
 	protoHTTP                 // HTTP/1.x: proxied per request
+	protoH2                   // prior-knowledge h2c: proxied per request (stream)
 )
 
 func (p protocol) String() string {
-	if p == protoHTTP {
+	switch p {
+	case protoHTTP:
 		return "http"
+	case protoH2:
+		return "h2c"
 	}
 	return "tcp"
 }
 
+// h2Preface is how a prior-knowledge HTTP/2 connection begins.
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
 // httpMethods are the request-line starts that make a connection HTTP. A
 // fixed list rather than any token, so that text protocols with a
 // "WORD SP" command (Redis inline commands, SMTP-like clients) stay TCP.
-// "PRI " (the HTTP/2 preface) is left out on purpose: prior-knowledge h2c
-// is passed through as TCP.
+// "PRI " is not among them: only the whole HTTP/2 preface (h2Preface)
+// makes a connection h2c.
 var httpMethods = [][]byte{
 	[]byte("GET "), []byte("HEAD "), []byte("POST "), []byte("PUT "),
 	[]byte("DELETE "), []byte("CONNECT "), []byte("OPTIONS "), []byte("TRACE "),
@@ -39,13 +46,19 @@ var httpMethods = [][]byte{
 }
 
 // maxSniffLen is the most bytes classify needs to decide.
-const maxSniffLen = len("PROPPATCH ")
+const maxSniffLen = len("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
 // classify tells the protocol from a connection's first bytes. decided
 // is false while b is still the beginning of some method; once decided,
 // more bytes never change the answer.
 func classify(b []byte) (p protocol, decided bool) {
 	undecided := false
+	if n := min(len(b), len(h2Preface)); bytes.Equal(b[:n], h2Preface[:n]) {
+		if n == len(h2Preface) {
+			return protoH2, true
+		}
+		undecided = true
+	}
 	for _, m := range httpMethods {
 		n := min(len(b), len(m))
 		if !bytes.Equal(b[:n], m[:n]) {

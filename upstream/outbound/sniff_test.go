@@ -23,7 +23,11 @@ func TestClassify(t *testing.T) {
 		{"POST /x HTTP/1.0\r\n", protoHTTP, true},
 		{"PROPPATCH /", protoHTTP, true},
 		{"P", protoTCP, false},
-		{"PRI * HTTP/2.0\r\n", protoTCP, true},
+		{"PRI * HTTP/2.0\r\n", protoTCP, false},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", protoH2, true},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", protoH2, true},
+		{"PRI * HTTP/1.1\r\n", protoTCP, true},
+		{"PRI * HTTP/2.0\r\n\r\nXX", protoTCP, true},
 		{"get / HTTP/1.1", protoTCP, true}, // methods are case-sensitive
 		{"GETX / HTTP/1.1", protoTCP, true},
 		{"SET key value\r\n", protoTCP, true},
@@ -105,7 +109,7 @@ func TestSniffOnConnTimesOutToTCP(t *testing.T) {
 // decision never changes as more bytes arrive, and that it is reached
 // within maxSniffLen bytes.
 func FuzzSniff(f *testing.F) {
-	for _, s := range []string{"GET / HTTP/1.1\r\n", "PRI * HTTP/2.0", "\x16\x03\x01", "", "PROPPATCH ", "OPTIONS * HTTP/1.1", "G\x00"} {
+	for _, s := range []string{"GET / HTTP/1.1\r\n", "PRI * HTTP/2.0", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "\x16\x03\x01", "", "PROPPATCH ", "OPTIONS * HTTP/1.1", "G\x00"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -20,7 +20,7 @@ func TestTCPNonHTTPBytesGoThroughWithHalfClose(t *testing.T) {
 	for _, payload := range [][]byte{
 		[]byte("\x00\x01\x02binary"),
 		[]byte("SET key value\r\n"),                // a word and a space, but no HTTP method
-		[]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), // h2c preface passes as TCP
+		[]byte("PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), // not quite the h2c preface
 		[]byte("G"), // a method's start, then the client shuts its side
 		bytes.Repeat([]byte("xyz"), 1<<20),
 	} {
