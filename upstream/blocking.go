@@ -30,6 +30,13 @@ type blockingQuery[T any] struct {
 	// answered is told of every good answer, before apply, with the number
 	// of failures just before it (0 when there was no outage). Optional.
 	answered func(afterFailures int)
+	// lostState, optional, is told before apply when the first answer
+	// after a failure streak has an index lower than the last one before
+	// it: the evidence that Consul lost its state (a restarted dev agent,
+	// a snapshot restore). A leader election or a partition keeps the
+	// index; a stale read from a lagging server may lower it a little,
+	// but only without an outage.
+	lostState func()
 	// apply receives every answer whose index differs from the last one.
 	apply func(T)
 	// failed receives every error, for readiness reasons, with the length
@@ -58,7 +65,8 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 			failures++
 			q.failed(err, failures)
 			if failures == 1 {
-				q.log.Warn("consul query failed, retrying with backoff; keeping the last answer", "query", q.what, "err", err)
+				// Info: the mesh warns once per outage, whichever query fails first.
+				q.log.Info("consul query failed, retrying with backoff; keeping the last answer", "query", q.what, "err", err)
 			} else {
 				q.log.Debug("consul query failed again", "query", q.what, "err", err, "failures", failures)
 			}
@@ -78,6 +86,7 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 		if q.answered != nil {
 			q.answered(failures)
 		}
+		afterOutage := failures > 0
 		failures = 0
 		if index == 0 {
 			// Index 0 would turn the next query into a non-blocking one,
@@ -88,6 +97,9 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 		case index < lastIndex:
 			q.log.Debug("consul index went backwards, restarting the watch", "query", q.what, "from", lastIndex, "to", index)
 			waitIndex, lastIndex = 0, 0
+			if afterOutage && q.lostState != nil {
+				q.lostState()
+			}
 			q.apply(result)
 		case index == lastIndex:
 			waitIndex = index
