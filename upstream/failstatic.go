@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,14 +41,14 @@ func (o *outage) failed(what string, err error, since time.Time, routing bool, l
 		o.since = since
 		o.lastReminder = now
 		if routing {
-			log.Warn("consul is not answering: fail-static, routing on the last good instances until it answers again",
+			log.Warn("consul unreachable: fail-static, routing on the last good instances until it answers again",
 				"query", what, "err", err)
 		} else {
-			log.Warn("consul is not answering, and meshlet has nothing to route on yet", "query", what, "err", err)
+			log.Warn("consul unreachable, and meshlet has nothing to route on yet", "query", what, "err", err)
 		}
 	case now.Sub(o.lastReminder) >= failStaticReminder:
 		o.lastReminder = now
-		log.Warn("consul is still not answering: fail-static, routing on the last good instances",
+		log.Warn("consul still unreachable: fail-static, routing on the last good instances",
 			"for", now.Sub(o.since).Round(time.Second), "failing_queries", len(o.failing), "query", what, "err", err)
 	}
 }
@@ -178,7 +179,11 @@ func (m *Mesh) Status() []string {
 				age, maxStaleText(m.cfg.MaxStale))
 		}
 		if _, query, err := m.outage.state(); err != nil {
-			line += fmt.Sprintf("; %s: %v", query, err)
+			if msg := err.Error(); strings.HasPrefix(msg, query) {
+				line += "; " + msg
+			} else {
+				line += fmt.Sprintf("; %s: %s", query, msg)
+			}
 		}
 		out = append(out, line)
 	}

@@ -34,7 +34,7 @@ func TestServiceWatchFailureIsFailStatic(t *testing.T) {
 	upstreamtest.Eventually(t, "fail-static in Status", func() bool {
 		return statusHas(m, "fail-static: consul unreachable for") && statusHas(m, `health of "web"`) && statusHas(m, "500")
 	})
-	if !strings.Contains(logs.String(), `level=WARN msg="consul is not answering: fail-static`) || !strings.Contains(logs.String(), `query="health of \"web\""`) {
+	if !strings.Contains(logs.String(), `level=WARN msg="consul unreachable: fail-static`) || !strings.Contains(logs.String(), `query="health of \"web\""`) {
 		t.Errorf("log without the outage warning naming the query:\n%s", logs.String())
 	}
 	if st := m.ConsulState(); !st.FailStatic {
