@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/meshlet/meshlet/upstream"
 	"github.com/meshlet/meshlet/upstream/outbound"
 	"github.com/meshlet/meshlet/upstream/upstreamtest"

@@ -203,7 +203,9 @@ func (c *Cluster) WaitLeader(ctx context.Context, limit time.Duration, not strin
 }
 
 // Leader returns the current Raft leader, as one live server sees it.
-func (c *Cluster) Leader(ctx context.Context) (*Server, error) { return c.WaitLeader(ctx, 30*time.Second, "") }
+func (c *Cluster) Leader(ctx context.Context) (*Server, error) {
+	return c.WaitLeader(ctx, 30*time.Second, "")
+}
 
 // AddAgentHost makes a host with a client agent and waits until the agent
 // has joined and knows the leader.
@@ -271,7 +273,9 @@ type Instance struct {
 }
 
 // URL is the instance's direct URL for path.
-func (i *Instance) URL(path string) string { return fmt.Sprintf("http://%s:8080%s", i.Agent.Host.IP, path) }
+func (i *Instance) URL(path string) string {
+	return fmt.Sprintf("http://%s:8080%s", i.Agent.Host.IP, path)
+}
 
 // AddInstance starts a host with a client agent and a web instance,
 // registered by its host's agent, with meta and an HTTP check every
