@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/internal/consulerr"
 )
 
 // catalogSource is the part of Consul's catalog API the catalog watch
@@ -78,8 +80,9 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: c.waitTime}).WithContext(ctx)
 			services, meta, err := c.source.Services(opts)
 			if err != nil {
-				return nil, 0, fmt.Errorf("listing services in the consul catalog: %w", err)
+				return nil, 0, fmt.Errorf("listing services in the consul catalog: %w", consulerr.Explain(err))
 			}
+			m.acl.note(catalogQuery, meta.ResultsFilteredByACLs, `service:read on some services (DNS knows only the names it may read; service_prefix "" { policy = "read" } shows all)`, false, m.log)
 			return services, meta.LastIndex, nil
 		},
 		waitTime:    c.waitTime,

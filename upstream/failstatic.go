@@ -199,6 +199,7 @@ func (m *Mesh) Status() []string {
 				name, age.Round(time.Second), m.cfg.MaxStale))
 		}
 	}
+	out = append(out, m.acl.status()...)
 	if m.state != nil && m.state.problem != "" {
 		out = append(out, m.state.problem)
 	}

@@ -124,3 +124,23 @@ func TestSettleEndsWhenTheCheckRuns(t *testing.T) {
 		return true
 	})
 }
+
+// A token without service:read (or node:read) gets no 403 from Consul,
+// only an answer without the instances it may not see: Status and the log
+// name the missing permission.
+func TestACLFilteredAnswerNamesThePermission(t *testing.T) {
+	logs := &certstest.LogBuffer{}
+	fc, m, front := webMesh(t, func(c *upstream.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+	fc.Set(upstreamtest.HealthPath("web"), upstreamtest.FakeAnswer{Index: 9, Body: []*api.ServiceEntry{}, FilteredByACLs: true})
+	status, _, _ := upstreamtest.Do(t, upstreamtest.Client(front), http.MethodGet, "")
+	if status != http.StatusServiceUnavailable {
+		t.Errorf("no visible instance: %d, want 503", status)
+	}
+	want := `health of "web": consul's ACLs hide instances: meshlet's token (CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE) lacks service:read on "web" or node:read`
+	upstreamtest.Eventually(t, "the permission in Status", func() bool { return statusHas(m, want) })
+	if !strings.Contains(logs.String(), `level=WARN msg="consul's ACLs hide part of the answer`) {
+		t.Errorf("no warning:\n%s", logs.String())
+	}
+	fc.SetHealth("web", 10)
+	upstreamtest.Eventually(t, "Status clear once the token may read", func() bool { return len(m.Status()) == 0 })
+}

@@ -20,7 +20,9 @@ type Mesh struct {
 	catalog *catalogWatch
 	// outage is whether every watch gets answers, for fail-static.
 	outage outage
-	state  *stateStore // nil without Config.StateDir
+	// acl notes the answers Consul's ACLs cut short.
+	acl   aclHidden
+	state *stateStore // nil without Config.StateDir
 	// watchErrors counts failed queries of the catalog and health watches.
 	watchErrors atomic.Uint64
 	created     time.Time

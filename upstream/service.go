@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshlet/meshlet/internal/consulerr"
 	"github.com/meshlet/meshlet/metrics"
 )
 
@@ -76,8 +77,9 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 			// routing needs them, and a 503 can say they are all critical.
 			entries, meta, err := m.health.Service(w.name, "", false, opts)
 			if err != nil {
-				return nil, 0, fmt.Errorf("asking consul for the instances of %q: %w", w.name, err)
+				return nil, 0, fmt.Errorf("asking consul for the instances of %q: %w", w.name, consulerr.Explain(err))
 			}
+			m.acl.note(what, meta.ResultsFilteredByACLs, fmt.Sprintf("service:read on %q or node:read on its instances' nodes", w.name), true, m.log)
 			return entries, meta.LastIndex, nil
 		},
 		waitTime:    m.cfg.WaitTime,
