@@ -77,7 +77,7 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 	q := &blockingQuery[map[string][]string]{
 		what: catalogQuery,
 		fetch: func(ctx context.Context, waitIndex uint64) (map[string][]string, uint64, error) {
-			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: c.waitTime}).WithContext(ctx)
+			opts := m.cfg.QueryMode.options(true, waitIndex, c.waitTime).WithContext(ctx)
 			services, meta, err := c.source.Services(opts)
 			if err != nil {
 				return nil, 0, fmt.Errorf("listing services in the consul catalog: %w", consulerr.Explain(err))

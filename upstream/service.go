@@ -72,7 +72,7 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 	q := &blockingQuery[[]*api.ServiceEntry]{
 		what: what,
 		fetch: func(ctx context.Context, waitIndex uint64) ([]*api.ServiceEntry, uint64, error) {
-			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: m.cfg.WaitTime}).WithContext(ctx)
+			opts := m.cfg.QueryMode.options(false, waitIndex, m.cfg.WaitTime).WithContext(ctx)
 			// Every registered instance, not only passing ones: panic
 			// routing needs them, and a 503 can say they are all critical.
 			entries, meta, err := m.health.Service(w.name, "", false, opts)

@@ -30,6 +30,9 @@ const ManagementToken = "8b1c4a36-5a0e-4c52-9d2c-3a4f9e0d6b11"
 type Options struct {
 	ACL bool // ACLs on, default_policy deny
 	TLS bool // client agents serve HTTPS on 8501 with the lab's own CA
+	// ServerHCL and ClientHCL are more configuration for the servers and
+	// the client agents (benchmarks lift limits, turn streaming off).
+	ServerHCL, ClientHCL []string
 }
 
 // Cluster is a running Consul cluster and the hosts around it.
@@ -133,6 +136,9 @@ func (c *Cluster) startServer(s *Server) error {
 	if s.args == nil {
 		s.args = append(c.common(s.dir), "-server", "-bootstrap-expect", "3", "-node", s.Name,
 			"-bind", s.Host.IP.String(), "-client", "0.0.0.0")
+		for _, h := range c.Opts.ServerHCL {
+			s.args = append(s.args, "-hcl", h)
+		}
 	}
 	var err error
 	s.Proc, err = s.Host.Start("consul", []string{"CHECKPOINT_DISABLE=1"}, s.args...)
@@ -220,6 +226,9 @@ func (c *Cluster) AddAgentHost(ctx context.Context, name string) (*Agent, error)
 	}
 	args := append(c.common(filepath.Join(c.Lab.Dir(), name+"-consul")), "-node", name,
 		"-bind", h.IP.String(), "-client", "127.0.0.1")
+	for _, h := range c.Opts.ClientHCL {
+		args = append(args, "-hcl", h)
+	}
 	if c.TLS != nil {
 		args = append(args, "-hcl", fmt.Sprintf(`ports { https = 8501 }
 tls { https { ca_file = %q
