@@ -47,7 +47,7 @@ type mode struct {
 }
 
 var modes = []mode{
-	{"streaming", upstream.QueryDefault, true}, // meshlet's default: plain blocking queries, the agent streams health
+	{"streaming", upstream.QueryDefault, true},    // meshlet's default: plain blocking queries, the agent streams health
 	{"stream+cached", upstream.QueryCached, true}, // health streamed, catalog from the agent's cache
 	{"cached", upstream.QueryCached, false},
 	{"stale", upstream.QueryStale, false},
