@@ -253,23 +253,31 @@ func (l *liveness) run(ctx context.Context, ping func(context.Context) error, ev
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		start := time.Now()
 		err := ping(pctx)
+		timedOut := pctx.Err() != nil // before cancel, which ends pctx too
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		var status api.StatusError
+		isStatus := errors.As(err, &status)
 		switch {
 		case err == nil:
 			l.answered(time.Now())
-		case errors.As(err, &status):
+		case isStatus && status.Code < 500:
 			// Consul answers, if with an error: it does not hang.
 		case l.lastAnswer().After(start):
 			// A query answered while the ping waited: a slow Consul, not a
 			// hung one. Aborting would send every watch back at once.
 		default:
-			if pctx.Err() != nil {
+			// No answer, or a 5xx: a client agent that cannot reach its
+			// servers answers the ping at once with an error, while the
+			// blocking queries it forwarded wait on a dead connection.
+			switch {
+			case timedOut:
 				err = fmt.Errorf("consul does not answer: no answer to a liveness check within %v", timeout)
-			} else {
+			case isStatus:
+				err = fmt.Errorf("consul does not answer: the agent fails its liveness check (%w)", err)
+			default:
 				err = fmt.Errorf("consul liveness check: %w", err)
 			}
 			if !silent {

@@ -144,3 +144,29 @@ func TestACLFilteredAnswerNamesThePermission(t *testing.T) {
 	fc.SetHealth("web", 10)
 	upstreamtest.Eventually(t, "Status clear once the token may read", func() bool { return len(m.Status()) == 0 })
 }
+
+// A client agent cut off from its servers answers the liveness check at
+// once with a 500, while the blocking queries it forwarded wait on: that
+// is an outage too, not an agent that merely has nothing new to say.
+func TestLivenessCheckFailingIsFailStatic(t *testing.T) {
+	a := upstreamtest.WhoAmI(t, "a")
+	fc, m, front := webMesh(t, nil, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
+	c := upstreamtest.Client(front)
+	if status, _, _ := upstreamtest.Do(t, c, http.MethodGet, ""); status != http.StatusOK {
+		t.Fatalf("before the partition: %d", status)
+	}
+	upstreamtest.Eventually(t, "the catalog", func() bool { ok, _ := m.CatalogReady(); return ok })
+	fc.SetHolding(upstreamtest.CatalogPath, true)
+	fc.SetHolding(upstreamtest.HealthPath("web"), true)
+	fc.SetFailing(upstreamtest.LeaderPath, true)
+	upstreamtest.Eventually(t, "fail-static in Status", func() bool {
+		return statusHas(m, "fail-static: consul unreachable for") && statusHas(m, "the agent fails its liveness check")
+	})
+	if status, _, h := upstreamtest.Do(t, c, http.MethodGet, ""); status != http.StatusOK || h.Get("X-Instance") != "a" {
+		t.Errorf("during the partition: %d from %q, want the last good instance", status, h.Get("X-Instance"))
+	}
+	fc.SetFailing(upstreamtest.LeaderPath, false)
+	fc.SetHolding(upstreamtest.CatalogPath, false)
+	fc.SetHolding(upstreamtest.HealthPath("web"), false)
+	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
+}
