@@ -79,6 +79,9 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 		fetch: func(ctx context.Context, waitIndex uint64) (map[string][]string, uint64, error) {
 			opts := m.cfg.QueryMode.options(true, waitIndex, c.waitTime).WithContext(ctx)
 			services, meta, err := c.source.Services(opts)
+			if err == nil {
+				err = staleCache(opts, meta)
+			}
 			if err != nil {
 				return nil, 0, fmt.Errorf("listing services in the consul catalog: %w", consulerr.Explain(err))
 			}

@@ -13,19 +13,21 @@ import (
 type QueryMode string
 
 const (
-	// QueryDefault sends plain blocking queries, which a Consul client
-	// agent (1.10 and later, unless use_streaming_backend is off) serves
-	// for a service's instances from its streaming subscription: one per
-	// agent and service, whatever the number of sidecars. The catalog is
-	// not asked ?cached: a client agent cut off from its servers keeps
-	// answering from its cache without an error, which would hide the
-	// partition (seen in TestClusterLeaderLossAndPartition).
+	// QueryDefault asks for a service's instances with a plain blocking
+	// query, which a Consul client agent (1.10 and later, unless
+	// use_streaming_backend is off) serves from its streaming
+	// subscription: one per agent and service, whatever the number of
+	// sidecars; and for the catalog's names from the agent's cache
+	// (?cached): one refresh per agent for a change, not one query per
+	// sidecar. An agent cut off from its servers keeps answering from its
+	// cache; it says so by the answer's age, which meshlet takes as a
+	// failure (see staleCache).
 	QueryDefault QueryMode = ""
-	// QueryPlain is QueryDefault, spelled out.
+	// QueryPlain sends plain blocking queries for both: each sidecar's
+	// catalog query is a request to the servers, woken by every change of
+	// the catalog.
 	QueryPlain QueryMode = "plain"
-	// QueryCached asks the agent's cache (?cached) for both: fewer
-	// requests to the servers, but a partition of the agent goes unseen
-	// while the cache serves its last answers.
+	// QueryCached asks the agent's cache (?cached) for both.
 	QueryCached QueryMode = "cached"
 	// QueryStale lets any server answer (?stale), not only the leader.
 	QueryStale QueryMode = "stale"
@@ -41,14 +43,29 @@ func ParseQueryMode(s string) (QueryMode, error) {
 }
 
 // options returns the options of one query: of the catalog, or of a
-// service's instances (the same today; the bench has measured both ways).
-func (m QueryMode) options(_ bool, waitIndex uint64, wait time.Duration) *api.QueryOptions {
+// service's instances.
+func (m QueryMode) options(catalog bool, waitIndex uint64, wait time.Duration) *api.QueryOptions {
 	q := &api.QueryOptions{WaitIndex: waitIndex, WaitTime: wait}
 	switch m {
+	case QueryDefault:
+		q.UseCache = catalog
 	case QueryCached:
 		q.UseCache = true
 	case QueryStale:
 		q.AllowStale = true
 	}
 	return q
+}
+
+// staleCache fails an answer from the agent's cache that the agent could
+// not keep fresh: for the background-refreshed kinds (the catalog, the
+// instances), Consul reports an age only while its refresh fails, from
+// the first failure on, which is when the agent lost its servers. Without
+// this, a partitioned agent would answer from its cache, with no error,
+// for as long as it lasts.
+func staleCache(q *api.QueryOptions, meta *api.QueryMeta) error {
+	if q.UseCache && meta != nil && meta.CacheAge > 0 {
+		return fmt.Errorf("the consul agent answers from its cache, which it has failed to refresh for %v: it cannot reach its servers", meta.CacheAge.Round(time.Millisecond))
+	}
+	return nil
 }

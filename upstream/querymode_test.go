@@ -3,6 +3,8 @@ package upstream
 import (
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 func TestQueryModeOptions(t *testing.T) {
@@ -11,7 +13,7 @@ func TestQueryModeOptions(t *testing.T) {
 		catalog                    bool
 		wantCache, wantStale, fail bool
 	}{
-		{QueryDefault, true, false, false, false},
+		{QueryDefault, true, true, false, false},
 		{QueryDefault, false, false, false, false}, // the agent streams it
 		{QueryPlain, true, false, false, false},
 		{QueryCached, false, true, false, false},
@@ -27,6 +29,24 @@ func TestQueryModeOptions(t *testing.T) {
 		q := tc.mode.options(tc.catalog, 7, time.Minute)
 		if q.UseCache != tc.wantCache || q.AllowStale != tc.wantStale || q.WaitIndex != 7 || q.WaitTime != time.Minute || q.RequireConsistent {
 			t.Errorf("%q (catalog %v): %+v", tc.mode, tc.catalog, q)
+		}
+	}
+}
+
+func TestStaleCacheIsAFailure(t *testing.T) {
+	cached := &api.QueryOptions{UseCache: true}
+	for _, tc := range []struct {
+		q    *api.QueryOptions
+		meta *api.QueryMeta
+		fail bool
+	}{
+		{cached, &api.QueryMeta{CacheHit: true}, false},
+		{cached, &api.QueryMeta{CacheHit: true, CacheAge: 3 * time.Second}, true},
+		{&api.QueryOptions{}, &api.QueryMeta{CacheAge: 3 * time.Second}, false},
+		{cached, nil, false},
+	} {
+		if err := staleCache(tc.q, tc.meta); (err != nil) != tc.fail {
+			t.Errorf("staleCache(%+v, %+v) = %v", tc.q, tc.meta, err)
 		}
 	}
 }

@@ -76,6 +76,9 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 			// Every registered instance, not only passing ones: panic
 			// routing needs them, and a 503 can say they are all critical.
 			entries, meta, err := m.health.Service(w.name, "", false, opts)
+			if err == nil {
+				err = staleCache(opts, meta)
+			}
 			if err != nil {
 				return nil, 0, fmt.Errorf("asking consul for the instances of %q: %w", w.name, consulerr.Explain(err))
 			}
