@@ -13,21 +13,21 @@ import (
 type QueryMode string
 
 const (
-	// QueryDefault asks for a service's instances with a plain blocking
-	// query, which a Consul client agent (1.10 and later, unless
-	// use_streaming_backend is off) serves from its streaming
-	// subscription: one per agent and service, whatever the number of
-	// sidecars; and for the catalog's names from the agent's cache
-	// (?cached): one refresh per agent for a change, not one query per
-	// sidecar. An agent cut off from its servers keeps answering from its
-	// cache; it says so by the answer's age, which meshlet takes as a
-	// failure (see staleCache).
+	// QueryDefault sends plain blocking queries, which a Consul client
+	// agent (1.10 and later, unless use_streaming_backend is off) serves
+	// for a service's instances from its streaming subscription: one per
+	// agent and service, whatever the number of sidecars. The catalog is
+	// not asked ?cached: after its agent lost its servers for a moment
+	// (a leader lost), the cache reports its answers as stale for up to
+	// 30 s, the only sign of a partition it gives (see staleCache).
 	QueryDefault QueryMode = ""
 	// QueryPlain sends plain blocking queries for both: each sidecar's
 	// catalog query is a request to the servers, woken by every change of
 	// the catalog.
 	QueryPlain QueryMode = "plain"
-	// QueryCached asks the agent's cache (?cached) for both.
+	// QueryCached asks the agent's cache (?cached) for both: the fewest
+	// requests to the servers, but a moment without servers makes the
+	// watches fail for up to 30 s (see staleCache).
 	QueryCached QueryMode = "cached"
 	// QueryStale lets any server answer (?stale), not only the leader.
 	QueryStale QueryMode = "stale"
@@ -43,12 +43,10 @@ func ParseQueryMode(s string) (QueryMode, error) {
 }
 
 // options returns the options of one query: of the catalog, or of a
-// service's instances.
-func (m QueryMode) options(catalog bool, waitIndex uint64, wait time.Duration) *api.QueryOptions {
+// service's instances (the same today).
+func (m QueryMode) options(_ bool, waitIndex uint64, wait time.Duration) *api.QueryOptions {
 	q := &api.QueryOptions{WaitIndex: waitIndex, WaitTime: wait}
 	switch m {
-	case QueryDefault:
-		q.UseCache = catalog
 	case QueryCached:
 		q.UseCache = true
 	case QueryStale:

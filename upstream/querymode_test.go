@@ -13,7 +13,7 @@ func TestQueryModeOptions(t *testing.T) {
 		catalog                    bool
 		wantCache, wantStale, fail bool
 	}{
-		{QueryDefault, true, true, false, false},
+		{QueryDefault, true, false, false, false},
 		{QueryDefault, false, false, false, false}, // the agent streams it
 		{QueryPlain, true, false, false, false},
 		{QueryCached, false, true, false, false},

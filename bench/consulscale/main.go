@@ -57,7 +57,7 @@ var modes = []mode{
 func main() {
 	ns := flag.String("n", "100,300,1000", "numbers of sidecars")
 	only := flag.String("modes", "", "modes to run (default all): plain,stale,cached,streaming,stream+cached")
-	agents := flag.Int("agents", 4, "client agents the sidecars are spread over")
+	perAgent := flag.Int("per-agent", 25, "sidecars per client agent (as on one host); agents are added as N grows")
 	changes := flag.Int("changes", 20, "changes per phase")
 	every := flag.Duration("every", 500*time.Millisecond, "time between changes")
 	flag.Parse()
@@ -69,8 +69,8 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("# consulscale: %d client agents, %d services (each sidecar watches %d), %d instances each; %d changes per phase, one every %v\n",
-		*agents, services, perSidecar, instancesOf, *changes, *every)
+	fmt.Printf("# consulscale: %d sidecars per client agent, %d services (each sidecar watches %d), %d instances each; %d changes per phase, one every %v\n",
+		*perAgent, services, perSidecar, instancesOf, *changes, *every)
 	fmt.Printf("# per change: requests to the servers (consul_rpc_request + consul_rpc_query), bytes through the servers' interfaces, servers' CPU; idle cost of the same time subtracted\n")
 	fmt.Println("| N | mode | watched: rpc/change | bytes/change | CPU ms/change | staleness p50 / p99 / max | unrelated: rpc/change | bytes/change | CPU ms/change |")
 	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -86,7 +86,7 @@ func main() {
 			}
 			counts = append(counts, n)
 		}
-		if err := runMode(md, consul, counts, *agents, *changes, *every); err != nil {
+		if err := runMode(md, consul, counts, *perAgent, *changes, *every); err != nil {
 			log.Fatalf("mode %s: %v", md.name, err)
 		}
 	}
@@ -111,7 +111,7 @@ type world struct {
 	inst  *clusterlab.Agent   // where the instances are registered
 }
 
-func runMode(md mode, consul string, counts []int, agents, changes int, every time.Duration) error {
+func runMode(md mode, consul string, counts []int, perAgent, changes int, every time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	opts := clusterlab.Options{
@@ -124,13 +124,6 @@ func runMode(md mode, consul string, counts []int, agents, changes int, every ti
 	}
 	defer c.Close()
 	w := &world{c: c}
-	for i := range agents {
-		a, err := c.AddAgentHost(ctx, fmt.Sprintf("side%d", i+1))
-		if err != nil {
-			return err
-		}
-		w.sides = append(w.sides, a)
-	}
 	if w.inst, err = c.AddAgentHost(ctx, "inst"); err != nil {
 		return err
 	}
@@ -142,6 +135,13 @@ func runMode(md mode, consul string, counts []int, agents, changes int, every ti
 		}
 	}
 	for _, n := range counts {
+		for len(w.sides)*perAgent < n {
+			a, err := c.AddAgentHost(ctx, fmt.Sprintf("side%d", len(w.sides)+1))
+			if err != nil {
+				return err
+			}
+			w.sides = append(w.sides, a)
+		}
 		if err := w.measure(ctx, md, n, changes, every); err != nil {
 			return err
 		}
