@@ -176,7 +176,16 @@ type sidecar struct {
 func (w *world) measure(ctx context.Context, md mode, n, changes int, every time.Duration) error {
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() { stop(); wg.Wait() }()
+	var transports []*http.Transport
+	defer func() {
+		stop()
+		wg.Wait()
+		// Idle keep-alive connections would count against the agents'
+		// connection limits in the next, larger run.
+		for _, t := range transports {
+			t.CloseIdleConnections()
+		}
+	}()
 	sides := make([]*sidecar, n)
 	watchers := map[string][]*sidecar{}
 	for i := range n {
@@ -186,6 +195,7 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every time
 		cfg.TLSConfig = api.TLSConfig{}
 		cfg.Transport.DialContext = a.Host.DialContext
 		cfg.Transport.Proxy = nil
+		transports = append(transports, cfg.Transport)
 		client, err := api.NewClient(cfg)
 		if err != nil {
 			return err
