@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONSUL = $(shell scripts/consul.sh)
 
-.PHONY: demo test deps build unit integration bench fuzz
+.PHONY: demo test deps build unit integration bench fuzz bench-consul
 
 demo: deps
 	MESHLET_CONSUL_BIN=$(CONSUL) go run ./integration/demo $(DEMO_ARGS)
@@ -30,6 +30,12 @@ integration: deps
 # Benchmarks side by side (see BENCHMARKS.md); not part of `make test`.
 bench: deps
 	MESHLET_CONSUL_BIN=$(CONSUL) bench/run.sh $(BENCH_ARGS)
+
+# N simulated sidecars against a three-server Consul cluster, per query mode
+# (see BENCHMARKS.md, "Consul at scale"); long, not part of `make bench`
+# unless BENCH_CONSUL=1.
+bench-consul: deps
+	MESHLET_CONSUL_BIN=$(CONSUL) go run ./bench/consulscale $(CONSULSCALE_ARGS)
 
 # The fuzzing campaign (see BENCHMARKS.md, Fuzzing): every target in turn,
 # FUZZTIME each (default: the issue's 10 million executions) and at most CAP;

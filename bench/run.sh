@@ -26,4 +26,8 @@ if [[ "${BENCH_GO:-1}" != 0 ]]; then
 		./dns/ ./upstream/... ./vip/ ./bench/inproc/ 2>&1 | grep -E '^(Benchmark|ok|FAIL|goos|cpu)' | tee -a "$out/gobench.txt"
 	echo '```' | tee -a "$out/gobench.txt"
 fi
+if [[ "${BENCH_CONSUL:-0}" != 0 ]]; then
+	# N sidecars against a three-server Consul cluster (BENCHMARKS.md, "Consul at scale").
+	go run ./bench/consulscale ${CONSULSCALE_ARGS:-} | tee "$out/consulscale.md"
+fi
 echo "bench: results in $out" >&2

@@ -30,6 +30,13 @@ type blockingQuery[T any] struct {
 	// answered is told of every good answer, before apply, with the number
 	// of failures just before it (0 when there was no outage). Optional.
 	answered func(afterFailures int)
+	// lostState, optional, is told before apply when the first answer
+	// after a failure streak has an index lower than the last one before
+	// it: the evidence that Consul lost its state (a restarted dev agent,
+	// a snapshot restore). A leader election or a partition keeps the
+	// index; a stale read from a lagging server may lower it a little,
+	// but only without an outage.
+	lostState func()
 	// apply receives every answer whose index differs from the last one.
 	apply func(T)
 	// failed receives every error, for readiness reasons, with the length
@@ -58,7 +65,8 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 			failures++
 			q.failed(err, failures)
 			if failures == 1 {
-				q.log.Warn("consul query failed, retrying with backoff; keeping the last answer", "query", q.what, "err", err)
+				// Info: the mesh warns once per outage, whichever query fails first.
+				q.log.Info("consul query failed, retrying with backoff; keeping the last answer", "query", q.what, "err", err)
 			} else {
 				q.log.Debug("consul query failed again", "query", q.what, "err", err, "failures", failures)
 			}
@@ -78,6 +86,7 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 		if q.answered != nil {
 			q.answered(failures)
 		}
+		afterOutage := failures > 0
 		failures = 0
 		if index == 0 {
 			// Index 0 would turn the next query into a non-blocking one,
@@ -88,6 +97,9 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 		case index < lastIndex:
 			q.log.Debug("consul index went backwards, restarting the watch", "query", q.what, "from", lastIndex, "to", index)
 			waitIndex, lastIndex = 0, 0
+			if afterOutage && q.lostState != nil {
+				q.lostState()
+			}
 			q.apply(result)
 		case index == lastIndex:
 			waitIndex = index
@@ -241,23 +253,31 @@ func (l *liveness) run(ctx context.Context, ping func(context.Context) error, ev
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		start := time.Now()
 		err := ping(pctx)
+		timedOut := pctx.Err() != nil // before cancel, which ends pctx too
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		var status api.StatusError
+		isStatus := errors.As(err, &status)
 		switch {
 		case err == nil:
 			l.answered(time.Now())
-		case errors.As(err, &status):
+		case isStatus && status.Code < 500:
 			// Consul answers, if with an error: it does not hang.
 		case l.lastAnswer().After(start):
 			// A query answered while the ping waited: a slow Consul, not a
 			// hung one. Aborting would send every watch back at once.
 		default:
-			if pctx.Err() != nil {
+			// No answer, or a 5xx: a client agent that cannot reach its
+			// servers answers the ping at once with an error, while the
+			// blocking queries it forwarded wait on a dead connection.
+			switch {
+			case timedOut:
 				err = fmt.Errorf("consul does not answer: no answer to a liveness check within %v", timeout)
-			} else {
+			case isStatus:
+				err = fmt.Errorf("consul does not answer: the agent fails its liveness check (%w)", err)
+			default:
 				err = fmt.Errorf("consul liveness check: %w", err)
 			}
 			if !silent {

@@ -7,10 +7,13 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/internal/consulerr"
 )
 
 // catalogSource is the part of Consul's catalog API the catalog watch
@@ -45,13 +48,18 @@ type catalogWatch struct {
 	// live notices a Consul that hangs, for every watch of the mesh.
 	live liveness
 
-	// Owned by the watch's goroutine.
+	// settle keeps the names known before an outage while Consul, having
+	// lost its state, has not yet seen their instances register again.
+	settleMu     sync.Mutex
 	settleUntil  time.Time
-	lastReminder time.Time
+	beforeOutage map[string]struct{} // names of the last answer before the current outage
 }
 
 // failStaticReminder is how often the log repeats that Consul is still away.
 const failStaticReminder = time.Minute
+
+// catalogQuery names the catalog watch's query in logs and Status.
+const catalogQuery = "catalog services"
 
 // statusSource is the question the liveness check asks; *api.Status has it.
 type statusSource interface {
@@ -70,24 +78,29 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 	}()
 	defer func() { <-pingDone }()
 	q := &blockingQuery[map[string][]string]{
-		what: "catalog services",
+		what: catalogQuery,
 		fetch: func(ctx context.Context, waitIndex uint64) (map[string][]string, uint64, error) {
-			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: c.waitTime}).WithContext(ctx)
+			opts := m.cfg.QueryMode.options(true, waitIndex, c.waitTime).WithContext(ctx)
 			services, meta, err := c.source.Services(opts)
-			if err != nil {
-				return nil, 0, fmt.Errorf("listing services in the consul catalog: %w", err)
+			if err == nil {
+				err = staleCache(opts, meta)
 			}
+			if err != nil {
+				return nil, 0, fmt.Errorf("listing services in the consul catalog: %w", consulerr.Explain(err))
+			}
+			m.acl.note(catalogQuery, meta.ResultsFilteredByACLs, `service:read on some services (DNS knows only the names it may read; service_prefix "" { policy = "read" } shows all)`, false, m.log)
 			return services, meta.LastIndex, nil
 		},
 		waitTime:    c.waitTime,
 		callTimeout: m.cfg.CallTimeout,
 		live:        &c.live,
-		answered:    func(afterFailures int) { c.answeredAgain(afterFailures, m) },
+		answered:    func(int) { c.answeredAgain(m) },
+		lostState:   func() { c.lostState(m) },
 		apply:       func(services map[string][]string) { c.apply(services, m) },
-		failed: func(err error, streak int) {
+		failed: func(err error, _ int) {
 			m.watchErrors.Add(1)
 			c.lastErr.Store(&err)
-			c.failed(streak, m)
+			c.failed(catalogQuery, err, m)
 		},
 		backoff: m.cfg.RetryBackoff,
 		log:     m.log,
@@ -95,36 +108,52 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 	q.run(ctx)
 }
 
-func (c *catalogWatch) failed(streak int, m *Mesh) {
+func (c *catalogWatch) failed(what string, err error, m *Mesh) {
 	now := time.Now()
-	first := c.failingSince.CompareAndSwap(0, c.live.since(now))
-	if c.current.Load() == nil {
-		return // nothing to route on: readiness says why
+	if c.failingSince.CompareAndSwap(0, c.live.since(now)) {
+		c.settleMu.Lock()
+		if cur := c.current.Load(); cur != nil && !cur.fromDisk {
+			c.beforeOutage = cur.names
+		}
+		c.settleMu.Unlock()
 	}
-	since := time.Unix(0, c.failingSince.Load())
-	switch {
-	case first || streak == 1:
-		m.log.Warn("consul unreachable: fail-static, routing on the last good instances until it answers again",
-			"services", len(m.watchedNames()), "max_stale", maxStaleText(m.cfg.MaxStale))
-		c.lastReminder = now
-	case now.Sub(c.lastReminder) >= failStaticReminder:
-		m.log.Warn("consul still unreachable: fail-static, routing on the last good instances",
-			"for", now.Sub(since).Round(time.Second), "max_stale", maxStaleText(m.cfg.MaxStale))
-		c.lastReminder = now
-	}
+	m.outage.failed(what, err, time.Unix(0, c.live.since(now)), c.current.Load() != nil, m.log)
 }
 
-func (c *catalogWatch) answeredAgain(afterFailures int, m *Mesh) {
+func (c *catalogWatch) answeredAgain(m *Mesh) {
 	if since := c.failingSince.Swap(0); since != 0 && c.current.Load() != nil {
-		m.log.Info("consul answers again: leaving fail-static",
-			"outage", time.Since(time.Unix(0, since)).Round(time.Millisecond))
 		// The saved state says when Consul last confirmed it: that is now,
 		// even when its answer is the same as before the outage.
 		m.state.changed()
 	}
 	c.lastErr.Store(nil)
-	if afterFailures > 0 && m.cfg.SettleTime > 0 {
-		c.settleUntil = time.Now().Add(m.cfg.SettleTime)
+	m.outage.answered(catalogQuery, m.log)
+}
+
+// lostState starts the settle time: an index went backwards after an
+// outage (the catalog's or a service's), so Consul lost its state (a
+// restarted dev agent, a snapshot restore) and may not list for a while
+// the services whose instances will register again. A leader election or
+// a partition loses nothing, and starts nothing.
+func (c *catalogWatch) lostState(m *Mesh) {
+	if m.cfg.SettleTime <= 0 {
+		return
+	}
+	c.settleMu.Lock()
+	defer c.settleMu.Unlock()
+	first := !time.Now().Before(c.settleUntil)
+	c.settleUntil = time.Now().Add(m.cfg.SettleTime)
+	before := c.beforeOutage
+	if first {
+		m.log.Info("consul lost its state (an index went backwards after an outage): keeping the services known before while they register again",
+			"settle", m.cfg.SettleTime)
+	}
+	if cur := c.current.Load(); cur != nil && len(before) > 0 {
+		names := maps.Clone(cur.names)
+		maps.Copy(names, before)
+		if !maps.Equal(names, cur.names) {
+			c.store(names, cur.fromDisk)
+		}
 	}
 }
 
@@ -137,7 +166,12 @@ func (c *catalogWatch) apply(services map[string][]string, m *Mesh) {
 	// may not list services whose instances will register again soon:
 	// keep the names known before for the settle time.
 	tags := catalogTags(services)
-	if old := c.current.Load(); old != nil && time.Now().Before(c.settleUntil) {
+	// settleMu orders this with lostState, which merges names from
+	// another goroutine.
+	c.settleMu.Lock()
+	defer c.settleMu.Unlock()
+	settling := time.Now().Before(c.settleUntil)
+	if old := c.current.Load(); old != nil && settling {
 		for name := range old.names {
 			names[name] = struct{}{}
 		}

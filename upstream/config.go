@@ -129,6 +129,9 @@ type Config struct {
 	// liveness check asks it. Zero means DefaultPingEvery; tests shorten
 	// it.
 	PingEvery time.Duration
+
+	// QueryMode is how the watches ask Consul; "" is QueryDefault.
+	QueryMode QueryMode
 }
 
 // DefaultPingEvery bounds, with CallTimeout, how long a hung Consul goes

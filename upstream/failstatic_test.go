@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/meshlet/meshlet/upstream"
 	"github.com/meshlet/meshlet/upstream/outbound"
 	"github.com/meshlet/meshlet/upstream/upstreamtest"
@@ -87,8 +85,9 @@ func TestMaxStaleRefusesOldInstances(t *testing.T) {
 }
 
 // Right after an outage Consul may call every instance critical until its
-// checks run again: the instances passing before keep their traffic for
-// the settle time; without an outage, all critical is a 503 at once.
+// checks run again (registered again, without output): the instances
+// passing before keep their traffic for the settle time; checks that ran
+// and failed are a 503 at once (TestNoSettleWithoutEvidenceOfLostState).
 func TestSettleAfterOutage(t *testing.T) {
 	a, b := upstreamtest.WhoAmI(t, "a"), upstreamtest.WhoAmI(t, "b")
 	fc, m, front := webMesh(t, func(c *upstream.Config) { c.SettleTime = 600 * time.Millisecond },
@@ -100,7 +99,7 @@ func TestSettleAfterOutage(t *testing.T) {
 	upstreamtest.Eventually(t, "the outage noticed", func() bool { return statusHas(m, "fail-static") })
 	time.Sleep(50 * time.Millisecond)
 	fc.SetHealth("web", 20,
-		upstreamtest.WithStatus(upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)), api.HealthCritical), upstreamtest.WithStatus(upstreamtest.Instance(t, "web", "b", upstreamtest.AddrOf(b)), api.HealthCritical))
+		upstreamtest.WithResetCheck(upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a))), upstreamtest.WithResetCheck(upstreamtest.Instance(t, "web", "b", upstreamtest.AddrOf(b))))
 	failConsul(fc, false)
 	upstreamtest.Eventually(t, "the critical answer", func() bool { return len(m.Endpoints("web")) == 0 })
 	counts := map[string]int{}
@@ -123,7 +122,10 @@ func TestSettleAfterOutage(t *testing.T) {
 	fc.SetHealth("web", 21, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
 	upstreamtest.Eventually(t, "a passing", func() bool { return len(m.Endpoints("web")) == 1 })
 	failConsul(fc, true)
-	upstreamtest.Eventually(t, "the second outage noticed", func() bool { return statusHas(m, "fail-static") })
+	upstreamtest.Eventually(t, "the second outage noticed by web's watch", func() bool {
+		since, _ := m.FailingSince("web")
+		return statusHas(m, "fail-static") && since.UnixNano() != 0
+	})
 	fc.SetHealth("web", 3)
 	fc.SetCatalog(2)
 	failConsul(fc, false)

@@ -18,7 +18,11 @@ type Mesh struct {
 	log     *slog.Logger
 	health  healthSource
 	catalog *catalogWatch
-	state   *stateStore // nil without Config.StateDir
+	// outage is whether every watch gets answers, for fail-static.
+	outage outage
+	// acl notes the answers Consul's ACLs cut short.
+	acl   aclHidden
+	state *stateStore // nil without Config.StateDir
 	// watchErrors counts failed queries of the catalog and health watches.
 	watchErrors atomic.Uint64
 	created     time.Time

@@ -183,7 +183,7 @@ type ConsulState struct {
 func (m *Mesh) ConsulState() ConsulState {
 	st := ConsulState{WatchErrors: m.watchErrors.Load()}
 	now := time.Now()
-	if since := m.catalog.failingSince.Load(); since != 0 {
+	if since := m.consulFailingSince(); since != 0 {
 		st.SinceAnswer = now.Sub(time.Unix(0, since))
 		st.FailStatic = m.catalog.current.Load() != nil
 	} else if m.catalog.current.Load() == nil {

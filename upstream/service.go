@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshlet/meshlet/internal/consulerr"
 	"github.com/meshlet/meshlet/metrics"
 )
 
@@ -52,8 +53,9 @@ type serviceWatch struct {
 	mu            sync.Mutex
 	lastEndpoints []Endpoint // every registered instance of the last answer
 	lastGood      []Endpoint // passing instances of the last answer that had any
-	outageBase    []Endpoint // lastGood when the current failure streak began
+	outageBase    []Endpoint // instances that passed before Consul reset their checks (see settle)
 	settleUntil   time.Time
+	settleChanged bool // outageBase changed since the view was built
 	lastProblems  string
 }
 
@@ -70,32 +72,46 @@ func (w *serviceWatch) selector(p *Policy) Selector {
 }
 
 func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
+	what := fmt.Sprintf("health of %q", w.name)
+	lostState := false // told by the query, used by the next apply
 	q := &blockingQuery[[]*api.ServiceEntry]{
-		what: fmt.Sprintf("health of %q", w.name),
+		what: what,
 		fetch: func(ctx context.Context, waitIndex uint64) ([]*api.ServiceEntry, uint64, error) {
-			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: m.cfg.WaitTime}).WithContext(ctx)
+			opts := m.cfg.QueryMode.options(false, waitIndex, m.cfg.WaitTime).WithContext(ctx)
 			// Every registered instance, not only passing ones: panic
 			// routing needs them, and a 503 can say they are all critical.
 			entries, meta, err := m.health.Service(w.name, "", false, opts)
-			if err != nil {
-				return nil, 0, fmt.Errorf("asking consul for the instances of %q: %w", w.name, err)
+			if err == nil {
+				err = staleCache(opts, meta)
 			}
+			if err != nil {
+				return nil, 0, fmt.Errorf("asking consul for the instances of %q: %w", w.name, consulerr.Explain(err))
+			}
+			m.acl.note(what, meta.ResultsFilteredByACLs, fmt.Sprintf("service:read on %q or node:read on its instances' nodes", w.name), true, m.log)
 			return entries, meta.LastIndex, nil
 		},
 		waitTime:    m.cfg.WaitTime,
 		callTimeout: m.cfg.CallTimeout,
 		live:        &m.catalog.live,
-		answered:    func(afterFailures int) { w.answeredAgain(afterFailures, m) },
+		answered:    func(int) { w.answeredAgain(what, m) },
+		lostState: func() {
+			lostState = true
+			m.catalog.lostState(m)
+		},
 		apply: func(entries []*api.ServiceEntry) {
 			eps, skipped := endpointsFromHealth(entries)
 			if len(skipped) > 0 {
 				m.log.Warn("ignoring instances without an address or port", "service", w.name, "ids", skipped)
 			}
+			w.settle(entries, lostState, m)
+			lostState = false
 			w.update(eps, m, false)
 		},
-		failed: func(_ error, streak int) {
+		failed: func(err error, _ int) {
 			m.watchErrors.Add(1)
-			w.failed(streak, m.catalog.live.since(time.Now()))
+			since := m.catalog.live.since(time.Now())
+			w.failed(since)
+			m.outage.failed(what, err, time.Unix(0, since), w.view.Load() != nil, m.log)
 		},
 		backoff: m.cfg.RetryBackoff,
 		log:     m.log,
@@ -104,32 +120,24 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 }
 
 // answeredAgain runs on every good answer, before apply.
-func (w *serviceWatch) answeredAgain(afterFailures int, m *Mesh) {
-	defer w.subsetsAnswered(afterFailures, m)
+func (w *serviceWatch) answeredAgain(what string, m *Mesh) {
+	for _, c := range w.subsets() {
+		c.failingSince.Store(0)
+		c.staleLogged.Store(false)
+	}
 	w.failingSince.Store(0)
 	w.staleLogged.Store(false)
-	if afterFailures > 0 && m.cfg.SettleTime > 0 {
-		w.mu.Lock()
-		w.settleUntil = time.Now().Add(m.cfg.SettleTime)
-		w.mu.Unlock()
-	}
+	m.outage.answered(what, m.log)
 }
 
 // failed runs on every failed query; since is when Consul last answered
-// (unix ns). The first failure of a streak keeps the instances that were
-// passing, in case Consul comes back with all of them critical; and
-// releases requests waiting for a first answer when the state file gave
+// (unix ns). It releases requests waiting for a first answer when the state file gave
 // something to route on. Every query has a deadline, so a first query
 // that Consul never answers fails too and holds no request longer than
 // CallTimeout.
-func (w *serviceWatch) failed(streak int, since int64) {
-	defer w.subsetsFailed(streak, since)
+func (w *serviceWatch) failed(since int64) {
+	defer w.subsetsFailed(since)
 	w.failingSince.CompareAndSwap(0, since)
-	if streak == 1 {
-		w.mu.Lock()
-		w.outageBase = w.lastGood
-		w.mu.Unlock()
-	}
 	if w.view.Load() != nil {
 		w.answeredOnce.Do(func() { close(w.answered) })
 	}
@@ -151,9 +159,10 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 	// under the service's watch (setDests), with the service's identity
 	// and intentions, not the subset's name.
 	old := w.view.Load()
-	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && old.noMTLS == w.connect.why &&
-		!w.policyChanged()
+	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && !w.settleChanged &&
+		old.noMTLS == w.connect.why && !w.policyChanged()
 	if !same {
+		w.settleChanged = false
 		w.readmit(eps)
 		v := w.buildView(eps, m, now)
 		v.noMTLS = w.connect.why

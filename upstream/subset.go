@@ -112,23 +112,24 @@ func (w *serviceWatch) pushSubsets(m *Mesh, fromDisk bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, c := range w.sub.children {
+		// The settle after a Consul that lost its state is decided on the
+		// service's answer (settle): the subset follows it.
+		base := withTag(w.outageBase, c.sub.tag)
+		c.mu.Lock()
+		if !c.settleUntil.Equal(w.settleUntil) || !endpointsEqual(base, c.outageBase) {
+			c.settleChanged = true
+		}
+		c.settleUntil, c.outageBase = w.settleUntil, base
+		c.mu.Unlock()
 		c.update(withTag(w.lastEndpoints, c.sub.tag), m, fromDisk)
 	}
 }
 
 // subsetsFailed tells the subsets that their service's query failed, as
 // serviceWatch.failed is told for the service.
-func (w *serviceWatch) subsetsFailed(streak int, since int64) {
+func (w *serviceWatch) subsetsFailed(since int64) {
 	for _, c := range w.subsets() {
-		c.failed(streak, since)
-	}
-}
-
-// subsetsAnswered tells the subsets that their service's query answered
-// again, as serviceWatch.answeredAgain is told for the service.
-func (w *serviceWatch) subsetsAnswered(afterFailures int, m *Mesh) {
-	for _, c := range w.subsets() {
-		c.answeredAgain(afterFailures, m)
+		c.failed(since)
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/internal/consulerr"
 )
 
 // status is a check state as Consul takes it.
@@ -286,7 +288,7 @@ func (u *unit) push(ctx context.Context, svc Service, st status) error {
 	err := u.r.cfg.Consul.ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("registering %s in consul: %w", svc.ID, err)
+		return fmt.Errorf("registering %s in consul: %w", svc.ID, consulerr.Explain(err))
 	}
 	u.registered.Store(true)
 	u.everRegistered.Store(true)

@@ -42,6 +42,8 @@ type FakeAnswer struct {
 	Body  any
 	Fail  bool
 	Hold  bool // answer nothing until this changes, as a slow Consul
+	// FilteredByACLs says that Consul's ACLs left part of the answer out.
+	FilteredByACLs bool
 }
 
 // NewFakeConsul starts a FakeConsul that stops when the test ends.
@@ -110,6 +112,13 @@ func (fc *FakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 			body, _ := json.Marshal(a.Body)
 			fc.mu.Unlock()
 			w.Header().Set("X-Consul-Index", strconv.FormatUint(a.Index, 10))
+			if a.FilteredByACLs {
+				w.Header().Set("X-Consul-Results-Filtered-By-ACLs", "true")
+			}
+			// Sent by Consul on every read; the client stops reading the
+			// headers that follow it when it is missing.
+			w.Header().Set("X-Consul-LastContact", "0")
+			w.Header().Set("X-Consul-KnownLeader", "true")
 			w.Header().Set("Content-Type", "application/json")
 			w.Write(body)
 			return

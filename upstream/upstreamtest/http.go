@@ -59,9 +59,19 @@ func WithMeta(e *api.ServiceEntry, kv ...string) *api.ServiceEntry {
 	return e
 }
 
-// WithStatus gives an instance one service check in status.
+// WithStatus gives an instance one service check in status, which has
+// run: it has an output, as every check Consul has run has.
 func WithStatus(e *api.ServiceEntry, status string) *api.ServiceEntry {
-	e.Checks = api.HealthChecks{{CheckID: "check-" + e.Service.ID, ServiceID: e.Service.ID, Status: status}}
+	e.Checks = api.HealthChecks{{CheckID: "check-" + e.Service.ID, ServiceID: e.Service.ID, Status: status,
+		Output: "fake check: " + status}}
+	return e
+}
+
+// WithResetCheck gives an instance one service check that has not run
+// yet: critical and without output, as Consul registers every check (a
+// restarted agent, or one that lost its state, registers them again).
+func WithResetCheck(e *api.ServiceEntry) *api.ServiceEntry {
+	e.Checks = api.HealthChecks{{CheckID: "check-" + e.Service.ID, ServiceID: e.Service.ID, Status: api.HealthCritical}}
 	return e
 }
 
