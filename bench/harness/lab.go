@@ -45,7 +45,9 @@ type lab struct {
 	haproxy  *netlab.Proc
 	gomin    *netlab.Proc // bench/cmd/h1proto
 	meshlet  *netlab.Proc
-	profiled bool // meshlet is the meshletbench build with pprof
+	profiled bool   // meshlet is the meshletbench build with pprof
+	running  string // the meshlet binary running (not profiled)
+	fast     *fastLab
 
 	loadCPU, serverCPU string // taskset lists; "" when not pinning
 
@@ -119,6 +121,12 @@ func startLab(ctx context.Context, cfg Config, logf func(string, ...any)) (l *la
 		}
 		logf("measuring %s instead of the meshlet built from this tree", cfg.MeshletBin)
 		l.bins.Meshlet = cfg.MeshletBin
+	}
+	if cfg.MeshletBefore != "" {
+		if _, err := os.Stat(cfg.MeshletBefore); err != nil {
+			return l, fmt.Errorf("-meshlet-before: %w", err)
+		}
+		logf("measuring %s too, as meshlet-before", cfg.MeshletBefore)
 	}
 	if l.root, err = meshlab.RepoRoot(ctx); err != nil {
 		return l, err
@@ -333,7 +341,10 @@ func (l *lab) registerPolicyServices() error {
 // startMeshlet starts meshlet on the app host with one P (GOMAXPROCS=1),
 // pinned to the server core; profiled starts the pprof build instead.
 func (l *lab) startMeshlet(ctx context.Context, profiled bool) error {
-	bin, env := l.bins.Meshlet, append([]string{"GOMAXPROCS=1"}, l.cfg.MeshletEnv...)
+	if l.running == "" {
+		l.running = l.bins.Meshlet
+	}
+	bin, env := l.running, append([]string{"GOMAXPROCS=1"}, l.cfg.MeshletEnv...)
 	if profiled {
 		bin = l.meshletBench
 		env = append(env, "MESHLET_BENCH_PPROF="+pprofAddr)
@@ -377,6 +388,44 @@ func (l *lab) restartMeshlet(ctx context.Context, profiled bool) error {
 }
 
 func (l *lab) meshletPid() int { return l.meshlet.Cmd.Process.Pid }
+
+// meshletBin is the binary the meshlet targets need when a before build
+// takes turns with it ("" otherwise: whatever runs).
+func (l *lab) meshletBin() string {
+	if l.cfg.MeshletBefore == "" {
+		return ""
+	}
+	return l.bins.Meshlet
+}
+
+// useMeshlet makes bin the running meshlet (a restart when it is not),
+// and waits until it knows the services the scenarios ask for.
+func (l *lab) useMeshlet(ctx context.Context, bin string) error {
+	if l.running == bin && !l.profiled && l.meshlet != nil {
+		return nil
+	}
+	l.log("switching meshlet to %s", bin)
+	l.running = bin
+	if err := l.restartMeshlet(ctx, false); err != nil {
+		return err
+	}
+	want := map[string]int{"web": 3, "bulk": 1}
+	for _, ps := range policyServices {
+		want[ps.service] = 3
+	}
+	if l.fast != nil {
+		want[fastService] = len(l.fast.instances)
+	}
+	for name, n := range want {
+		if _, err := l.resolve(ctx, name+".local"); err != nil {
+			return fmt.Errorf("resolving %s.local: %w", name, err)
+		}
+		if err := l.waitEndpoints(ctx, n, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 func (l *lab) startProxies(ctx context.Context) error {
 	conf, err := writeFile(l.dir, "nginx.conf", nginxConfig(l.dir, l.webAddrs()))

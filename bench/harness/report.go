@@ -56,7 +56,10 @@ type S1Row struct {
 	// Syscalls are the proxy's read- and write-type system calls per
 	// request, Switches its context switches per request.
 	Syscalls, Switches []float64
-	Errors             int // socket errors and non-2xx answers, over all runs
+	// AllSyscalls are every system call of the proxy per request, counted
+	// with perf (empty without it).
+	AllSyscalls []float64
+	Errors      int // socket errors and non-2xx answers, over all runs
 }
 
 // S2Row is one target at one rate.
@@ -72,6 +75,9 @@ type S2Row struct {
 type S3Row struct {
 	Target string
 	Gbps   []float64
+	// The proxy's CPU-seconds per GiB moved and context switches (its
+	// wake-ups) per MiB; empty for direct.
+	CPUPerGiB, SwitchesPerMiB []float64
 }
 
 // S4Row is one DNS target.
@@ -319,13 +325,16 @@ func (r *Report) Print(w io.Writer) {
 
 	if len(r.S1) > 0 {
 		fmt.Fprintf(w, "## S1 HTTP/1.1 keep-alive, 1 KiB answers, 3 instances (wrk -t1, %v per run)\n\n", c.S1Duration)
-		fmt.Fprintln(w, "| policy | conns | target | req/s | CPU-s per 10k req | read(2)/write(2) per req (Go proxies) | context switches per req | errors | req/s vs nginx | req/s vs HAProxy |")
-		fmt.Fprintln(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		fmt.Fprintln(w, "| policy | conns | target | req/s | CPU-s per 10k req | read(2)/write(2) per req (Go proxies) | all syscalls per req (perf) | context switches per req | errors | req/s vs nginx | req/s vs HAProxy |")
+		fmt.Fprintln(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 		for _, row := range r.S1 {
-			cpu, sys, sw := "–", "–", "–"
+			cpu, sys, all, sw := "–", "–", "–", "–"
+			if len(row.AllSyscalls) > 0 {
+				all = fmt.Sprintf("%.2f", median(row.AllSyscalls))
+			}
 			if len(row.CPU10k) > 0 {
 				cpu = fmt.Sprintf("%.3f", median(row.CPU10k))
-				if row.Target == "meshlet" || row.Target == "go-minimal" {
+				if row.Target == "meshlet" || row.Target == "meshlet-before" || row.Target == "go-minimal" {
 					// nginx and HAProxy use recv/send, which /proc/PID/io
 					// does not count: only Go's figure means something.
 					sys = fmt.Sprintf("%.1f", median(row.Syscalls))
@@ -341,7 +350,7 @@ func (r *Report) Print(w io.Writer) {
 					vsH = ratio(median(row.RPS), median(h.RPS))
 				}
 			}
-			fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %s | %s | %d | %s | %s |\n", row.Policy, row.Conns, row.Target, median(row.RPS), cpu, sys, sw, row.Errors, vsN, vsH)
+			fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %d | %s | %s |\n", row.Policy, row.Conns, row.Target, median(row.RPS), cpu, sys, all, sw, row.Errors, vsN, vsH)
 		}
 		fmt.Fprintln(w)
 	}
@@ -369,15 +378,19 @@ func (r *Report) Print(w io.Writer) {
 	}
 	if len(r.S3) > 0 {
 		fmt.Fprintf(w, "## S3 raw TCP bulk transfer, %d MiB per run (instance → app)\n\n", c.S3Bytes>>20)
-		fmt.Fprintln(w, "| target | Gbit/s | vs direct |")
-		fmt.Fprintln(w, "| --- | ---: | ---: |")
+		fmt.Fprintln(w, "| target | Gbit/s | vs direct | proxy CPU-s per GiB | proxy context switches per MiB |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: |")
 		d := r.s3("direct")
 		for _, row := range r.S3 {
 			vs := "–"
 			if d != nil && row.Target != "direct" {
 				vs = ratio(median(row.Gbps), median(d.Gbps))
 			}
-			fmt.Fprintf(w, "| %s | %.2f | %s |\n", row.Target, median(row.Gbps), vs)
+			cpu, sw := "–", "–"
+			if len(row.CPUPerGiB) > 0 {
+				cpu, sw = fmt.Sprintf("%.3f", median(row.CPUPerGiB)), fmt.Sprintf("%.2f", median(row.SwitchesPerMiB))
+			}
+			fmt.Fprintf(w, "| %s | %.2f | %s | %s | %s |\n", row.Target, median(row.Gbps), vs, cpu, sw)
 		}
 		fmt.Fprintln(w)
 	}
@@ -467,8 +480,18 @@ func (r *Report) printTargets(w io.Writer) {
 		}
 		return "**no**"
 	}
-	for _, policy := range r.Config.S1Policies {
-		for _, conns := range r.Config.S1Conns {
+	var policies []string
+	for _, row := range r.S1 {
+		if !slices.Contains(policies, row.Policy) {
+			policies = append(policies, row.Policy)
+		}
+	}
+	for _, policy := range policies {
+		for _, conns := range slices.Concat(r.Config.S1Conns, r.Config.S1FastConns) {
+			if policy == policyProxyBound && !slices.Contains(r.Config.S1FastConns, conns) ||
+				policy != policyProxyBound && !slices.Contains(r.Config.S1Conns, conns) {
+				continue
+			}
 			m, n, h := r.s1(policy, conns, "meshlet"), r.s1(policy, conns, "nginx"), r.s1(policy, conns, "haproxy")
 			if m == nil || n == nil || h == nil {
 				continue

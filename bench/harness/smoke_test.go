@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// TestSmoke runs the harness on a real lab with tiny durations (S1, S2,
+// TestSmoke runs the harness on a real lab with tiny durations (S1 and its proxy-bound variant, S2,
 // S3, S4 and S6 once each, about 15 s), so that the scripts do not rot;
 // the figures come from `make bench`, never from here. It needs root and
 // the tools of scripts/deps.sh: without them it is skipped, except under
@@ -37,7 +37,9 @@ func TestSmoke(t *testing.T) {
 	rep.Print(&out)
 	t.Logf("report:\n%s", out.String())
 	for _, want := range []string{
-		`\| round-robin \| 16 \| meshlet \| [1-9][0-9]* \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| 0 \| [0-9.]+× \| [0-9.]+× \|`, // S1: CPU, syscalls, switches
+		`\| round-robin \| 16 \| meshlet \| [1-9][0-9]* \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+|–) \| [0-9.]+ \| 0 \| [0-9.]+× \| [0-9.]+× \|`, // S1: CPU, syscalls (perf's if installed), switches
+		`\| proxy-bound \| 16 \| meshlet \| [1-9][0-9]* \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+|–) \| [0-9.]+ \| 0 \| [0-9.]+× \| [0-9.]+× \|`,
+		`\| proxy-bound \| 16 \| nginx \| [1-9][0-9]* \|`,
 		`\| round-robin \| 16 \| nginx \| [1-9][0-9]* \|`,
 		`\| round-robin \| 16 \| haproxy \| [1-9][0-9]* \|`,
 		`\| 1000 \| meshlet \| [1-9][0-9]* \| [0-9]+ \| [0-9]+ \|`, // S2
