@@ -208,6 +208,9 @@ func (s *h1conn) serve() int {
 			return -1
 		}
 		s.c.SetReadDeadline(time.Now().Add(appIdleTimeout))
+		if s.rd.r == s.rd.w {
+			yieldBeforeWait()
+		}
 		raw, err := s.rd.readHead(true)
 		if !s.live.SetIdle(false) {
 			return -1 // Shutdown began before this request: as if it came late
@@ -527,6 +530,9 @@ func (s *h1conn) try(p *upstream.Pick, deadline time.Time, fresh bool, method st
 	}
 
 	// The answer: interim heads passed on, then the final one.
+	if writeErr == nil {
+		yieldBeforeWait()
+	}
 	rh := &s.resp
 	for {
 		raw, err := uc.rd.readHead(false)
