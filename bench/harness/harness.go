@@ -24,7 +24,7 @@ import (
 type Config struct {
 	Runs      int      // measured runs of each scenario, targets alternating
 	NoWarmup  bool     // skip the discarded warm-up round
-	Scenarios []string // "s1", "s1fast", "s2".."s6", "profile"; empty: all
+	Scenarios []string // "s1", "s1fast", "s2", "s3", "s3fast", "s4".."s6", "profile"; empty: all
 
 	S1Duration  time.Duration // per wrk run; whole seconds
 	S1Conns     []int
@@ -104,7 +104,7 @@ func Smoke() Config {
 	c.S6Settle = 200 * time.Millisecond
 	c.S6Duration = 500 * time.Millisecond
 	c.ProfileFor = time.Second
-	c.Scenarios = []string{"s1", "s1fast", "s2", "s3", "s4", "s6"}
+	c.Scenarios = []string{"s1", "s1fast", "s2", "s3", "s3fast", "s4", "s6"}
 	return c
 }
 
@@ -237,6 +237,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"s1fast", runS1Fast},
 		{"s2", runS2},
 		{"s3", runS3},
+		{"s3fast", runS3Fast},
 		{"s4", runS4},
 		{"s5", runS5}, // disruptive: kills and restarts an instance
 		{"profile", runProfile},

@@ -44,10 +44,12 @@ type lab struct {
 	nginx    *netlab.Proc
 	haproxy  *netlab.Proc
 	gomin    *netlab.Proc // bench/cmd/h1proto
+	bulk     *netlab.Proc // S3's bulk server
 	meshlet  *netlab.Proc
 	profiled bool   // meshlet is the meshletbench build with pprof
 	running  string // the meshlet binary running (not profiled)
 	fast     *fastLab
+	fastBulk bool // s3fast's bulk server is registered
 
 	loadCPU, serverCPU string // taskset lists; "" when not pinning
 
@@ -278,6 +280,7 @@ func (l *lab) startBulk(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.bulk = p
 	if err := l.w.Consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		ID: "bulk-1", Name: "bulk", Address: in.Host.IP.String(), Port: bulkPort,
 	}); err != nil {
@@ -410,6 +413,9 @@ func (l *lab) useMeshlet(ctx context.Context, bin string) error {
 		return err
 	}
 	want := map[string]int{"web": 3, "bulk": 1}
+	if l.fastBulk {
+		want[bulkFastService] = 1
+	}
 	for _, ps := range policyServices {
 		want[ps.service] = 3
 	}

@@ -3,7 +3,7 @@
 // tables of medians and ratios. It needs root and the tools that
 // scripts/deps.sh installs; `make bench` runs it.
 //
-//	meshbench [-runs 5] [-scenarios s1,s1fast,s2,s3,s4,s5,s6,profile] [-smoke] [-out DIR]
+//	meshbench [-runs 5] [-scenarios s1,s1fast,s2,s3,s3fast,s4,s5,s6,profile] [-smoke] [-out DIR]
 package main
 
 import (
@@ -25,7 +25,7 @@ import (
 func main() {
 	cfg := harness.Defaults()
 	smoke := flag.Bool("smoke", false, "the seconds-long CI run: every scenario once with tiny durations")
-	scenarios := flag.String("scenarios", "", "comma-separated subset of s1,s1fast,s2,s3,s4,s5,s6,profile (default: all)")
+	scenarios := flag.String("scenarios", "", "comma-separated subset of s1,s1fast,s2,s3,s3fast,s4,s5,s6,profile (default: all)")
 	flag.IntVar(&cfg.Runs, "runs", cfg.Runs, "measured runs per scenario, after a discarded warm-up")
 	flag.BoolVar(&cfg.NoWarmup, "no-warmup", false, "skip the warm-up round")
 	flag.DurationVar(&cfg.S1Duration, "s1-duration", cfg.S1Duration, "length of each wrk run (whole seconds)")
