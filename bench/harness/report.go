@@ -495,11 +495,11 @@ func (r *Report) printTargets(w io.Writer) {
 		}
 	}
 	for _, policy := range policies {
-		for _, conns := range slices.Concat(r.Config.S1Conns, r.Config.S1FastConns) {
-			if policy == policyProxyBound && !slices.Contains(r.Config.S1FastConns, conns) ||
-				policy != policyProxyBound && !slices.Contains(r.Config.S1Conns, conns) {
-				continue
-			}
+		conns := r.Config.S1Conns
+		if policy == policyProxyBound {
+			conns = r.Config.S1FastConns
+		}
+		for _, conns := range conns {
 			m, n, h := r.s1(policy, conns, "meshlet"), r.s1(policy, conns, "nginx"), r.s1(policy, conns, "haproxy")
 			if m == nil || n == nil || h == nil {
 				continue
