@@ -456,35 +456,36 @@ func (l *lab) startProxies(ctx context.Context) error {
 		"-listen", fmt.Sprintf("127.0.0.1:%d", goMinimalPort), "-upstreams", strings.Join(ups, ","))...); err != nil {
 		return err
 	}
-	for _, p := range []struct {
-		proc *netlab.Proc
-		url  string
-	}{
-		{l.nginx, fmt.Sprintf("http://127.0.0.1:%d/payload", nginxPort)},
-		{l.haproxy, fmt.Sprintf("http://127.0.0.1:%d/payload", haproxyPort)},
-		{l.gomin, fmt.Sprintf("http://127.0.0.1:%d/payload", goMinimalPort)},
+	for p, url := range map[*netlab.Proc]string{
+		l.nginx:   fmt.Sprintf("http://127.0.0.1:%d/payload", nginxPort),
+		l.haproxy: fmt.Sprintf("http://127.0.0.1:%d/payload", haproxyPort),
+		l.gomin:   fmt.Sprintf("http://127.0.0.1:%d/payload", goMinimalPort),
 	} {
-		err := meshlab.Poll(ctx, 15*time.Second, p.proc.Name+" to answer", func() error {
-			select {
-			case <-p.proc.Done():
-				return meshlab.StopPolling(fmt.Errorf("%s exited: %s", p.proc.Name, meshlab.Tail(p.proc.Output())))
-			default:
-			}
-			resp, err := l.w.App.HTTPClient(2 * time.Second).Get(p.url)
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("status %d", resp.StatusCode)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := l.waitHTTP(ctx, p, url); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// waitHTTP waits until the proxy p answers url with 200, or has exited.
+func (l *lab) waitHTTP(ctx context.Context, p *netlab.Proc, url string) error {
+	return meshlab.Poll(ctx, 15*time.Second, p.Name+" to answer", func() error {
+		select {
+		case <-p.Done():
+			return meshlab.StopPolling(fmt.Errorf("%s exited: %s", p.Name, meshlab.Tail(p.Output())))
+		default:
+		}
+		resp, err := l.w.App.HTTPClient(2 * time.Second).Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
 }
 
 // meshletState is meshlet's /v1/state.

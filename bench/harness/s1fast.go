@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/meshlet/meshlet/integration/meshlab"
 	"github.com/meshlet/meshlet/integration/netlab"
 )
 
@@ -41,32 +39,15 @@ type fastLab struct {
 // fastInstanceConfig is one nginx worker answering every request with a
 // fixed 1 KiB body from its configuration.
 func fastInstanceConfig(dir string, listen netip.AddrPort) string {
-	return fmt.Sprintf(`# written by the meshlet benchmark harness: a fast instance
-daemon off;
-master_process on;
-worker_processes 1;
-user www-data www-data;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 3600s;
-  server {
-    listen %[2]s;
+	return nginxHead(dir, "") + fmt.Sprintf(`  server {
+    listen %s;
     location / {
       default_type application/octet-stream;
-      return 200 "%[3]s";
+      return 200 "%s";
     }
   }
 }
-`, dir, listen, strings.Repeat("x", 1024))
+`, listen, strings.Repeat("x", 1024))
 }
 
 // fastProxyConfig is the nginx proxy of the fast service, as nginxConfig's.
@@ -75,43 +56,19 @@ func fastProxyConfig(dir string, instances []netip.AddrPort) string {
 	for _, a := range instances {
 		fmt.Fprintf(&servers, "    server %s;\n", a)
 	}
-	return fmt.Sprintf(`# written by the meshlet benchmark harness
-daemon off;
-master_process on;
-worker_processes 1;
-user www-data www-data;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 3600s;
-  upstream %[3]s {
-%[2]s    keepalive 256;
+	return nginxHead(dir, "") + fmt.Sprintf(`  upstream %[2]s {
+%[1]s    keepalive 256;
     keepalive_requests 1000000;
   }
-%[4]s}
-`, dir, servers.String(), fastService, nginxServer(nginxFastPort, fastService))
+%[3]s}
+`, servers.String(), fastService, nginxServer(nginxFastPort, fastService))
 }
 
 // fastHAProxyConfig is HAProxy for the fast service, as haproxyConfig's.
 func fastHAProxyConfig(instances []netip.AddrPort) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `# written by the meshlet benchmark harness
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  timeout connect 5s
-  timeout client 3600s
-  timeout server 60s
-frontend fast_in
+	b.WriteString(haproxyHead)
+	fmt.Fprintf(&b, `frontend fast_in
   mode http
   bind 127.0.0.1:%d
   option http-keep-alive
@@ -180,29 +137,12 @@ func (l *lab) startFast(ctx context.Context) (*fastLab, error) {
 		"-listen", fmt.Sprintf("127.0.0.1:%d", goMinimalFastPort), "-upstreams", strings.Join(ups, ","))...); err != nil {
 		return nil, err
 	}
-	urls := map[*netlab.Proc]string{
+	for p, url := range map[*netlab.Proc]string{
 		fl.nginx:   fmt.Sprintf("http://127.0.0.1:%d/payload", nginxFastPort),
 		fl.haproxy: fmt.Sprintf("http://127.0.0.1:%d/payload", haproxyFastPort),
 		fl.gomin:   fmt.Sprintf("http://127.0.0.1:%d/payload", goMinimalFastPort),
-	}
-	for p, url := range urls {
-		err := meshlab.Poll(ctx, 15*time.Second, p.Name+" to answer", func() error {
-			select {
-			case <-p.Done():
-				return meshlab.StopPolling(fmt.Errorf("%s exited: %s", p.Name, meshlab.Tail(p.Output())))
-			default:
-			}
-			resp, err := l.w.App.HTTPClient(2 * time.Second).Get(url)
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("status %d", resp.StatusCode)
-			}
-			return nil
-		})
-		if err != nil {
+	} {
+		if err := l.waitHTTP(ctx, p, url); err != nil {
 			return nil, err
 		}
 	}

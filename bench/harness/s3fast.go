@@ -40,21 +40,7 @@ func (l *lab) startBulkFast(ctx context.Context) (sender, haproxy *netlab.Proc, 
 		return nil, nil, fmt.Errorf("registering %s: %w", bulkFastService, err)
 	}
 	l.fastBulk = true
-	conf, err := writeFile(l.dir, "haproxy-tcp-fast.cfg", fmt.Sprintf(`# written by the meshlet benchmark harness
-global
-  nbthread 1
-defaults
-  timeout connect 5s
-  timeout client 3600s
-  timeout server 3600s
-frontend tcp_in
-  mode tcp
-  bind 127.0.0.1:%d
-  default_backend bulk
-backend bulk
-  mode tcp
-  server bulk-1 %s
-`, haproxyTCPFast, l.bulkFastAddr()))
+	conf, err := writeFile(l.dir, "haproxy-tcp-fast.cfg", haproxyHead+haproxyTCP(haproxyTCPFast, l.bulkFastAddr()))
 	if err != nil {
 		return nil, nil, err
 	}
