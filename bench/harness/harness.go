@@ -24,7 +24,7 @@ import (
 type Config struct {
 	Runs      int      // measured runs of each scenario, targets alternating
 	NoWarmup  bool     // skip the discarded warm-up round
-	Scenarios []string // "s1".."s7", "profile"; empty: all
+	Scenarios []string // "s1", "s1fast", "s2", "s3", "s3fast", "s4".."s7", "profile"; empty: all
 
 	S1Duration  time.Duration // per wrk run; whole seconds
 	S1Conns     []int
@@ -50,6 +50,13 @@ type Config struct {
 	// one built from the tree (an earlier commit's, for a before/after
 	// with everything else the same).
 	MeshletBin string
+	// MeshletBefore, when set, is an earlier meshlet build measured as one
+	// more target ("meshlet-before") of S1, S2 and S3, taking turns with
+	// the tree's build in every round (meshlet is restarted to switch).
+	MeshletBefore string
+	// S1FastConns are the wrk connection counts of S1's proxy-bound
+	// variant (scenario s1fast).
+	S1FastConns []int
 
 	NoPin  bool   // do not pin with taskset (also off on one core)
 	OutDir string // binaries, profiles, results.md; default a temporary directory
@@ -63,6 +70,7 @@ func Defaults() Config {
 		S1Duration:  5 * time.Second,
 		S1Conns:     []int{16, 64},
 		S1Policies:  []string{policyRoundRobin, policySticky, policyLeast},
+		S1FastConns: []int{16},
 		S2Duration:  10 * time.Second,
 		S2Rates:     []float64{1000, 5000},
 		S2Conns:     16,
@@ -96,7 +104,7 @@ func Smoke() Config {
 	c.S6Settle = 200 * time.Millisecond
 	c.S6Duration = 500 * time.Millisecond
 	c.ProfileFor = time.Second
-	c.Scenarios = []string{"s1", "s2", "s3", "s4", "s6"}
+	c.Scenarios = []string{"s1", "s1fast", "s2", "s3", "s3fast", "s4", "s6"}
 	return c
 }
 
@@ -119,6 +127,9 @@ func (c Config) withDefaults() Config {
 	set(&c.ProfileFor, d.ProfileFor)
 	if len(c.S1Conns) == 0 {
 		c.S1Conns = d.S1Conns
+	}
+	if len(c.S1FastConns) == 0 {
+		c.S1FastConns = d.S1FastConns
 	}
 	if len(c.S1Policies) == 0 {
 		c.S1Policies = d.S1Policies
@@ -223,8 +234,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		// S6 first: its idle footprint needs a meshlet that has seen no load.
 		{"s6", runS6},
 		{"s1", runS1},
+		{"s1fast", runS1Fast},
 		{"s2", runS2},
 		{"s3", runS3},
+		{"s3fast", runS3Fast},
 		{"s4", runS4},
 		{"s5", runS5}, // disruptive: kills and restarts an instance
 		{"s7", runS7}, // restarts meshlet with an identity, and back

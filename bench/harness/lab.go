@@ -44,8 +44,12 @@ type lab struct {
 	nginx    *netlab.Proc
 	haproxy  *netlab.Proc
 	gomin    *netlab.Proc // bench/cmd/h1proto
+	bulk     *netlab.Proc // S3's bulk server
 	meshlet  *netlab.Proc
-	profiled bool // meshlet is the meshletbench build with pprof
+	profiled bool   // meshlet is the meshletbench build with pprof
+	running  string // the meshlet binary running (not profiled)
+	fast     *fastLab
+	fastBulk bool // s3fast's bulk server is registered
 
 	loadCPU, serverCPU string // taskset lists; "" when not pinning
 
@@ -119,6 +123,12 @@ func startLab(ctx context.Context, cfg Config, logf func(string, ...any)) (l *la
 		}
 		logf("measuring %s instead of the meshlet built from this tree", cfg.MeshletBin)
 		l.bins.Meshlet = cfg.MeshletBin
+	}
+	if cfg.MeshletBefore != "" {
+		if _, err := os.Stat(cfg.MeshletBefore); err != nil {
+			return l, fmt.Errorf("-meshlet-before: %w", err)
+		}
+		logf("measuring %s too, as meshlet-before", cfg.MeshletBefore)
 	}
 	if l.root, err = meshlab.RepoRoot(ctx); err != nil {
 		return l, err
@@ -270,6 +280,7 @@ func (l *lab) startBulk(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.bulk = p
 	if err := l.w.Consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		ID: "bulk-1", Name: "bulk", Address: in.Host.IP.String(), Port: bulkPort,
 	}); err != nil {
@@ -333,7 +344,10 @@ func (l *lab) registerPolicyServices() error {
 // startMeshlet starts meshlet on the app host with one P (GOMAXPROCS=1),
 // pinned to the server core; profiled starts the pprof build instead.
 func (l *lab) startMeshlet(ctx context.Context, profiled bool) error {
-	bin, env := l.bins.Meshlet, append([]string{"GOMAXPROCS=1"}, l.cfg.MeshletEnv...)
+	if l.running == "" {
+		l.running = l.bins.Meshlet
+	}
+	bin, env := l.running, append([]string{"GOMAXPROCS=1"}, l.cfg.MeshletEnv...)
 	if profiled {
 		bin = l.meshletBench
 		env = append(env, "MESHLET_BENCH_PPROF="+pprofAddr)
@@ -378,6 +392,47 @@ func (l *lab) restartMeshlet(ctx context.Context, profiled bool) error {
 
 func (l *lab) meshletPid() int { return l.meshlet.Cmd.Process.Pid }
 
+// meshletBin is the binary the meshlet targets need when a before build
+// takes turns with it ("" otherwise: whatever runs).
+func (l *lab) meshletBin() string {
+	if l.cfg.MeshletBefore == "" {
+		return ""
+	}
+	return l.bins.Meshlet
+}
+
+// useMeshlet makes bin the running meshlet (a restart when it is not),
+// and waits until it knows the services the scenarios ask for.
+func (l *lab) useMeshlet(ctx context.Context, bin string) error {
+	if l.running == bin && !l.profiled && l.meshlet != nil {
+		return nil
+	}
+	l.log("switching meshlet to %s", bin)
+	l.running = bin
+	if err := l.restartMeshlet(ctx, false); err != nil {
+		return err
+	}
+	want := map[string]int{"web": 3, "bulk": 1}
+	if l.fastBulk {
+		want[bulkFastService] = 1
+	}
+	for _, ps := range policyServices {
+		want[ps.service] = 3
+	}
+	if l.fast != nil {
+		want[fastService] = len(l.fast.instances)
+	}
+	for name, n := range want {
+		if _, err := l.resolve(ctx, name+".local"); err != nil {
+			return fmt.Errorf("resolving %s.local: %w", name, err)
+		}
+		if err := l.waitEndpoints(ctx, n, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (l *lab) startProxies(ctx context.Context) error {
 	conf, err := writeFile(l.dir, "nginx.conf", nginxConfig(l.dir, l.webAddrs()))
 	if err != nil {
@@ -401,35 +456,36 @@ func (l *lab) startProxies(ctx context.Context) error {
 		"-listen", fmt.Sprintf("127.0.0.1:%d", goMinimalPort), "-upstreams", strings.Join(ups, ","))...); err != nil {
 		return err
 	}
-	for _, p := range []struct {
-		proc *netlab.Proc
-		url  string
-	}{
-		{l.nginx, fmt.Sprintf("http://127.0.0.1:%d/payload", nginxPort)},
-		{l.haproxy, fmt.Sprintf("http://127.0.0.1:%d/payload", haproxyPort)},
-		{l.gomin, fmt.Sprintf("http://127.0.0.1:%d/payload", goMinimalPort)},
+	for p, url := range map[*netlab.Proc]string{
+		l.nginx:   fmt.Sprintf("http://127.0.0.1:%d/payload", nginxPort),
+		l.haproxy: fmt.Sprintf("http://127.0.0.1:%d/payload", haproxyPort),
+		l.gomin:   fmt.Sprintf("http://127.0.0.1:%d/payload", goMinimalPort),
 	} {
-		err := meshlab.Poll(ctx, 15*time.Second, p.proc.Name+" to answer", func() error {
-			select {
-			case <-p.proc.Done():
-				return meshlab.StopPolling(fmt.Errorf("%s exited: %s", p.proc.Name, meshlab.Tail(p.proc.Output())))
-			default:
-			}
-			resp, err := l.w.App.HTTPClient(2 * time.Second).Get(p.url)
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("status %d", resp.StatusCode)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := l.waitHTTP(ctx, p, url); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// waitHTTP waits until the proxy p answers url with 200, or has exited.
+func (l *lab) waitHTTP(ctx context.Context, p *netlab.Proc, url string) error {
+	return meshlab.Poll(ctx, 15*time.Second, p.Name+" to answer", func() error {
+		select {
+		case <-p.Done():
+			return meshlab.StopPolling(fmt.Errorf("%s exited: %s", p.Name, meshlab.Tail(p.Output())))
+		default:
+		}
+		resp, err := l.w.App.HTTPClient(2 * time.Second).Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
 }
 
 // meshletState is meshlet's /v1/state.

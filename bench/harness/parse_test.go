@@ -108,3 +108,22 @@ func TestSmokeConfigIsShort(t *testing.T) {
 		t.Errorf("smoke config is not short: %+v", c)
 	}
 }
+
+func TestParsePerfCount(t *testing.T) {
+	for _, tc := range []struct {
+		name, out string
+		want      int64
+	}{
+		{"counted", "\n1234567,,raw_syscalls:sys_enter,5000123456,100.00,,\n", 1234567},
+		{"not supported", "<not supported>,,raw_syscalls:sys_enter,0,100.00,,\n", -1},
+		{"not counted", "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n", -1},
+		{"other event only", "12,,context-switches,5000,100.00,,\n", -1},
+		{"empty", "", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := parsePerfCount(tc.out, "raw_syscalls:sys_enter"); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+}

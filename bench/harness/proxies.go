@@ -45,13 +45,10 @@ var policyServices = map[string]struct {
 	policyLeast:  {"webleast", map[string]string{"meshlet-balance": "least-request"}},
 }
 
-// nginxConfig is one worker with keep-alive to the instances, round-robin,
-// adding the same X-Forwarded-* headers meshlet adds.
-func nginxConfig(dir string, instances []netip.AddrPort) string {
-	var servers strings.Builder
-	for _, a := range instances {
-		fmt.Fprintf(&servers, "    server %s;\n", a)
-	}
+// nginxHead is the start of an nginx configuration of one worker whose
+// files go to dir (temporary ones named prefix+"body" and so on), up to
+// inside its http block, which the caller completes and closes.
+func nginxHead(dir, prefix string) string {
 	return fmt.Sprintf(`# written by the meshlet benchmark harness
 daemon off;
 master_process on;
@@ -62,14 +59,24 @@ error_log %[1]s/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path %[1]s/nginx-body;
-  proxy_temp_path %[1]s/nginx-proxy;
-  fastcgi_temp_path %[1]s/nginx-fastcgi;
-  uwsgi_temp_path %[1]s/nginx-uwsgi;
-  scgi_temp_path %[1]s/nginx-scgi;
+  client_body_temp_path %[1]s/%[2]sbody;
+  proxy_temp_path %[1]s/%[2]sproxy;
+  fastcgi_temp_path %[1]s/%[2]sfastcgi;
+  uwsgi_temp_path %[1]s/%[2]suwsgi;
+  scgi_temp_path %[1]s/%[2]sscgi;
   keepalive_requests 1000000;
   keepalive_timeout 3600s;
-  # listens on %[3]d (round-robin), and one port per other policy
+`, dir, prefix)
+}
+
+// nginxConfig is one worker with keep-alive to the instances, round-robin,
+// adding the same X-Forwarded-* headers meshlet adds.
+func nginxConfig(dir string, instances []netip.AddrPort) string {
+	var servers strings.Builder
+	for _, a := range instances {
+		fmt.Fprintf(&servers, "    server %s;\n", a)
+	}
+	return nginxHead(dir, "nginx-") + fmt.Sprintf(`  # listens on %[3]d (round-robin), and one port per other policy
   upstream web {
 %[2]s    keepalive 256;
     keepalive_requests 1000000;
@@ -106,11 +113,8 @@ func nginxServer(port int, upstream string) string {
 `, port, upstream)
 }
 
-// haproxyConfig is one thread, round-robin with connection reuse for HTTP,
-// and a mode tcp frontend to the bulk server for S3.
-func haproxyConfig(instances []netip.AddrPort, bulk netip.AddrPort) string {
-	var b strings.Builder
-	b.WriteString(`# written by the meshlet benchmark harness
+// haproxyHead is the start of every HAProxy configuration: one thread.
+const haproxyHead = `# written by the meshlet benchmark harness
 global
   nbthread 1
   maxconn 8000
@@ -118,7 +122,13 @@ defaults
   timeout connect 5s
   timeout client 3600s
   timeout server 60s
-`)
+`
+
+// haproxyConfig is one thread, round-robin with connection reuse for HTTP,
+// and a mode tcp frontend to the bulk server for S3.
+func haproxyConfig(instances []netip.AddrPort, bulk netip.AddrPort) string {
+	var b strings.Builder
+	b.WriteString(haproxyHead)
 	for _, fe := range []struct {
 		name    string
 		port    int
@@ -153,15 +163,20 @@ backend %[1]s
 			b.WriteString("\n")
 		}
 	}
-	fmt.Fprintf(&b, `frontend tcp_in
+	b.WriteString(haproxyTCP(haproxyTCPPort, bulk))
+	return b.String()
+}
+
+// haproxyTCP is a mode tcp frontend on port to the bulk server at bulk.
+func haproxyTCP(port int, bulk netip.AddrPort) string {
+	return fmt.Sprintf(`frontend tcp_in
   mode tcp
   bind 127.0.0.1:%d
   default_backend bulk
 backend bulk
   mode tcp
   server bulk-1 %s
-`, haproxyTCPPort, bulk)
-	return b.String()
+`, port, bulk)
 }
 
 // outsideNames are the names unbound answers itself (S4's forwarded

@@ -19,6 +19,8 @@ type httpTarget struct {
 	pid  func() int           // the proxy's process; nil for direct
 	// headers are more request headers ("Cookie: ...") for wrk.
 	headers []string
+	// bin is the meshlet binary that must run for this target ("": any).
+	bin string
 }
 
 // httpTargets are direct (one instance, no proxy), meshlet (the name the
@@ -27,7 +29,7 @@ type httpTarget struct {
 // go-minimal (bench/cmd/h1proto: what a Go forwarder without net/http
 // costs, for reference).
 func (l *lab) httpTargets(path string) []httpTarget {
-	return []httpTarget{
+	ts := []httpTarget{
 		{name: "direct", url: fmt.Sprintf("http://%s%s", l.webAddrs()[0], path)},
 		l.meshletTarget(path),
 		l.nginxTarget(nginxPort, path),
@@ -35,13 +37,27 @@ func (l *lab) httpTargets(path string) []httpTarget {
 		{name: "go-minimal", url: fmt.Sprintf("http://127.0.0.1:%d%s", goMinimalPort, path),
 			cpu: func() time.Duration { return procCPU(l.gomin.Cmd.Process.Pid) }, pid: func() int { return l.gomin.Cmd.Process.Pid }},
 	}
+	if b := l.beforeTarget(ts[1]); b != nil {
+		ts = append(ts, *b)
+	}
+	return ts
+}
+
+// beforeTarget is m measured with the -meshlet-before build (meshlet is
+// restarted with it, and back), or nil without one.
+func (l *lab) beforeTarget(m httpTarget) *httpTarget {
+	if l.cfg.MeshletBefore == "" {
+		return nil
+	}
+	m.name, m.bin = "meshlet-before", l.cfg.MeshletBefore
+	return &m
 }
 
 // meshletTarget is web.local through meshlet: its VIP, redirected by the
 // rules, with the Host the app would send.
 func (l *lab) meshletTarget(path string) httpTarget {
 	return httpTarget{name: "meshlet", url: fmt.Sprintf("http://%s%s", l.webVIP, path), host: "web.local",
-		cpu: func() time.Duration { return procCPU(l.meshletPid()) }, pid: l.meshletPid}
+		cpu: func() time.Duration { return procCPU(l.meshletPid()) }, pid: l.meshletPid, bin: l.meshletBin()}
 }
 
 func (l *lab) nginxTarget(port int, path string) httpTarget {
@@ -201,38 +217,64 @@ func runS1(ctx context.Context, l *lab, rep *Report) error {
 		for _, pr := range runs {
 			for _, conns := range cfg.S1Conns {
 				for _, t := range pr.targets {
-					var before time.Duration
-					var sys0, sw0 int64
-					if t.cpu != nil {
-						before, sys0, sw0 = t.cpu(), procSyscalls(t.pid()), procSwitches(t.pid())
+					if err := l.measureWrk(ctx, rep, r, pr.policy, conns, t); err != nil {
+						return err
 					}
-					res, err := l.wrk(ctx, conns, cfg.S1Duration, t)
-					if err != nil {
-						return fmt.Errorf("%s %s: %w", pr.policy, t.name, err)
-					}
-					var cpu10k, sysPer, swPer float64
-					if t.cpu != nil && res.requests > 0 {
-						n := float64(res.requests)
-						cpu10k = (t.cpu() - before).Seconds() / n * 10000
-						sysPer = float64(procSyscalls(t.pid())-sys0) / n
-						swPer = float64(procSwitches(t.pid())-sw0) / n
-					}
-					l.log("S1 round %d %-13s c=%d %-8s %8.0f req/s  %.3f CPU-s/10k  %.1f syscalls/req  %.2f switches/req  %d errors",
-						r, pr.policy, conns, t.name, res.rps, cpu10k, sysPer, swPer, res.errors)
-					if !cfg.measured(r) {
-						continue
-					}
-					row := rep.s1(pr.policy, conns, t.name)
-					row.RPS = append(row.RPS, res.rps)
-					if t.cpu != nil {
-						row.CPU10k = append(row.CPU10k, cpu10k)
-						row.Syscalls = append(row.Syscalls, sysPer)
-						row.Switches = append(row.Switches, swPer)
-					}
-					row.Errors += res.errors
 				}
 			}
 		}
 	}
+	return nil
+}
+
+// measureWrk runs wrk once against t and, in a measured round, adds
+// req/s and the proxy's CPU, system calls and context switches per
+// request to its row.
+func (l *lab) measureWrk(ctx context.Context, rep *Report, r int, policy string, conns int, t httpTarget) error {
+	cfg := l.cfg
+	if t.bin != "" {
+		if err := l.useMeshlet(ctx, t.bin); err != nil {
+			return fmt.Errorf("%s %s: %w", policy, t.name, err)
+		}
+	}
+	var before time.Duration
+	var sys0, sw0 int64
+	var perf *syscallCounter
+	if t.cpu != nil {
+		before, sys0, sw0 = t.cpu(), procSyscalls(t.pid()), procSwitches(t.pid())
+		// wrk's whole run and a little more: the proxy is idle around it.
+		perf = countSyscalls(ctx, t.pid(), cfg.S1Duration.Round(time.Second)+500*time.Millisecond)
+	}
+	res, err := l.wrk(ctx, conns, cfg.S1Duration, t)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", policy, t.name, err)
+	}
+	var cpu10k, sysPer, swPer, allPer float64
+	allPer = -1
+	if t.cpu != nil && res.requests > 0 {
+		n := float64(res.requests)
+		cpu10k = (t.cpu() - before).Seconds() / n * 10000
+		sysPer = float64(procSyscalls(t.pid())-sys0) / n
+		swPer = float64(procSwitches(t.pid())-sw0) / n
+		if k := perf.wait(); k >= 0 {
+			allPer = float64(k) / n
+		}
+	}
+	l.log("S1 round %d %-13s c=%d %-14s %8.0f req/s  %.3f CPU-s/10k  %.1f read/write/req  %.1f syscalls/req  %.2f switches/req  %d errors",
+		r, policy, conns, t.name, res.rps, cpu10k, sysPer, allPer, swPer, res.errors)
+	if !cfg.measured(r) {
+		return nil
+	}
+	row := rep.s1(policy, conns, t.name)
+	row.RPS = append(row.RPS, res.rps)
+	if t.cpu != nil {
+		row.CPU10k = append(row.CPU10k, cpu10k)
+		row.Syscalls = append(row.Syscalls, sysPer)
+		row.Switches = append(row.Switches, swPer)
+		if allPer >= 0 {
+			row.AllSyscalls = append(row.AllSyscalls, allPer)
+		}
+	}
+	row.Errors += res.errors
 	return nil
 }

@@ -66,6 +66,11 @@ func runS2(ctx context.Context, l *lab, rep *Report) error {
 	for r := range cfg.rounds() {
 		for _, rate := range cfg.S2Rates {
 			for _, t := range targets {
+				if t.bin != "" {
+					if err := l.useMeshlet(ctx, t.bin); err != nil {
+						return fmt.Errorf("%s: %w", t.name, err)
+					}
+				}
 				res, err := l.load(ctx, loadRun{url: t.url, host: t.host, rate: rate, conns: cfg.S2Conns, duration: cfg.S2Duration})
 				if err != nil {
 					return fmt.Errorf("%s: %w", t.name, err)

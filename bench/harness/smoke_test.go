@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// TestSmoke runs the harness on a real lab with tiny durations (S1, S2,
-// S3, S4 and S6 once each, about 15 s), so that the scripts do not rot;
+// TestSmoke runs the harness on a real lab with tiny durations (S1 and its proxy-bound variant, S2,
+// S3 in both layouts, S4 and S6 once each, about 15 s), so that the scripts do not rot;
 // the figures come from `make bench`, never from here. It needs root and
 // the tools of scripts/deps.sh: without them it is skipped, except under
 // CI=true, where it fails.
@@ -37,12 +37,15 @@ func TestSmoke(t *testing.T) {
 	rep.Print(&out)
 	t.Logf("report:\n%s", out.String())
 	for _, want := range []string{
-		`\| round-robin \| 16 \| meshlet \| [1-9][0-9]* \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| 0 \| [0-9.]+× \| [0-9.]+× \|`, // S1: CPU, syscalls, switches
+		`\| round-robin \| 16 \| meshlet \| [1-9][0-9]* \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+|–) \| [0-9.]+ \| 0 \| [0-9.]+× \| [0-9.]+× \|`, // S1: CPU, syscalls (perf's if installed), switches
+		`\| proxy-bound \| 16 \| meshlet \| [1-9][0-9]* \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+|–) \| [0-9.]+ \| 0 \| [0-9.]+× \| [0-9.]+× \|`,
+		`\| proxy-bound \| 16 \| nginx \| [1-9][0-9]* \|`,
 		`\| round-robin \| 16 \| nginx \| [1-9][0-9]* \|`,
 		`\| round-robin \| 16 \| haproxy \| [1-9][0-9]* \|`,
-		`\| 1000 \| meshlet \| [1-9][0-9]* \| [0-9]+ \| [0-9]+ \|`, // S2
-		`\| meshlet \| [0-9]+\.[0-9]+ \| [0-9.]+× \|`,              // S3
-		`\| meshlet: mesh names \(\*\.local\) \| [1-9][0-9]* \|`,   // S4
+		`\| 1000 \| meshlet \| [1-9][0-9]* \| [0-9]+ \| [0-9]+ \|`,   // S2
+		`\| shared core \| meshlet \| [0-9]+\.[0-9]+ \| [0-9.]+× \|`, // S3
+		`\| proxy-bound \| meshlet \| [0-9]+\.[0-9]+ \| [0-9.]+× \|`,
+		`\| meshlet: mesh names \(\*\.local\) \| [1-9][0-9]* \|`, // S4
 		`\| unbound directly \| [1-9][0-9]* \|`,
 		`\| idle \| [1-9][0-9.]* / [0-9.]+ \|`, // S6
 		`## Against the targets`,

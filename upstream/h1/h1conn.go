@@ -114,6 +114,9 @@ type h1conn struct {
 	// abort: an answer was cut short; the connection ends with a reset
 	// so that the app sees an error, never a clean end.
 	abort bool
+	// idleUntil is the idle read deadline armed on the app's connection;
+	// zero when another one (or none) is.
+	idleUntil time.Time
 
 	cookies upstream.CookieFinder
 }
@@ -140,6 +143,7 @@ func (f *Forwarder) Serve(ctx context.Context, live *frontend.LiveConn, conn net
 		buf = make([]byte, readBufSize)
 	}
 	s.ctx, s.live, s.c, s.target, s.host = ctx, live, conn, t, t.Host()
+	s.idleUntil = time.Time{}
 	s.rd.reset(conn, buf)
 	s.rd.w = copy(buf, peeked) // sniff reads less than readBufSize
 	s.bw.Reset(conn)
@@ -169,6 +173,21 @@ func (f *Forwarder) Serve(ctx context.Context, live *frontend.LiveConn, conn net
 		resetOnClose(conn)
 	}
 	conn.Close()
+}
+
+// idleRearm is how much of the app's idle timeout may pass before its
+// deadline is armed again: arming it costs a timer update, and once per
+// request is most of what deadlines cost the forwarder.
+const idleRearm = time.Minute
+
+// armIdle arms the app connection's idle read deadline, unless the one
+// armed still leaves all but idleRearm of it.
+func (s *h1conn) armIdle(now time.Time) {
+	if s.idleUntil.Sub(now) >= appIdleTimeout-idleRearm {
+		return
+	}
+	s.idleUntil = now.Add(appIdleTimeout)
+	s.c.SetReadDeadline(s.idleUntil)
 }
 
 // shrink drops what a large head grew (the heads' fields, the read buffer
@@ -207,7 +226,10 @@ func (s *h1conn) serve() int {
 		if !s.live.SetIdle(true) {
 			return -1
 		}
-		s.c.SetReadDeadline(time.Now().Add(appIdleTimeout))
+		s.armIdle(time.Now())
+		if s.rd.r == s.rd.w {
+			yieldBeforeWait()
+		}
 		raw, err := s.rd.readHead(true)
 		if !s.live.SetIdle(false) {
 			return -1 // Shutdown began before this request: as if it came late
@@ -333,7 +355,13 @@ func (s *h1conn) forwardOnce() bool {
 	if timeout := p.Policy().Timeout; timeout > 0 {
 		deadline = time.Now().Add(timeout)
 	}
-	s.c.SetReadDeadline(deadline)
+	if !s.body.done() {
+		// The body is read with the request's deadline; without a body
+		// nothing is read from the app until its next request, and the
+		// idle deadline armed for it may stay.
+		s.c.SetReadDeadline(deadline)
+		s.idleUntil = time.Time{}
+	}
 	method := s.method
 	staleRetried := false
 	fresh := false
@@ -496,7 +524,7 @@ func (s *h1conn) try(p *upstream.Pick, deadline time.Time, fresh bool, method st
 	every := f.cfg.AppCheck
 	uc.rs.app, uc.rs.every, uc.rs.until = s.c, every, tryDeadline
 	uc.w.every, uc.w.until = every, tryDeadline
-	uc.c.SetDeadline(sliceEnd(now, every, tryDeadline))
+	uc.armSlice(now, sliceEnd(now, every, tryDeadline), every)
 
 	// The request: head, what an earlier attempt sent of the body, the rest.
 	uc.bw.Write(s.out)
@@ -524,9 +552,13 @@ func (s *h1conn) try(p *upstream.Pick, deadline time.Time, fresh bool, method st
 		// reading: that answer is the one to give, if it is there.
 		uc.rs.until = time.Now().Add(earlyAnswerWait)
 		uc.c.SetReadDeadline(uc.rs.until)
+		uc.armed = false
 	}
 
 	// The answer: interim heads passed on, then the final one.
+	if writeErr == nil {
+		yieldBeforeWait()
+	}
 	rh := &s.resp
 	for {
 		raw, err := uc.rd.readHead(false)

@@ -25,6 +25,24 @@ type upConn struct {
 	bw        *bufio.Writer
 	pk        peeker
 	idleSince time.Time
+	// deadline is the one armed on both directions by armSlice, while
+	// armed; anything else that sets one clears armed.
+	deadline time.Time
+	armed    bool
+}
+
+// armSlice arms want, the end of a wait slice of every (or the request's
+// end, when earlier), on both directions, unless the deadline armed
+// already ends no later and leaves at least half a slice: a slice that
+// ends early costs only a look at the app (readSlices.again), a timer
+// update per request costs more. Without slices (every <= 0) the deadline
+// is the request's and is always set.
+func (c *upConn) armSlice(now, want time.Time, every time.Duration) {
+	if every > 0 && c.armed && !c.deadline.IsZero() && !c.deadline.After(want) && c.deadline.Sub(now) >= every/2 {
+		return
+	}
+	c.c.SetDeadline(want)
+	c.deadline, c.armed = want, every > 0
 }
 
 // instancePool holds the idle connections to one instance address, the
@@ -102,8 +120,9 @@ func (u *upPools) get(p *instancePool) *upConn {
 
 // put gives back a connection whose last answer was read whole.
 func (u *upPools) put(p *instancePool, c *upConn) {
+	// Its deadline stays: nothing reads or writes it while it is idle
+	// (alive looks without reading), and the next request arms its own.
 	c.idleSince = time.Now()
-	c.c.SetDeadline(time.Time{})
 	c.rs.app = nil
 	if len(c.rd.buf) > readBufSize {
 		// A large answer head grew it: an idle connection keeps no more
@@ -136,9 +155,9 @@ func (u *upPools) open(ctx context.Context, addr string, deadline time.Time) (*u
 	}
 	uc := &upConn{c: c}
 	uc.pk.init(c)
-	uc.w = upWriter{c: c, pk: &uc.pk, rd: &uc.rd, bufs: &u.bufs}
+	uc.w = upWriter{c: c, pk: &uc.pk, rd: &uc.rd, bufs: &u.bufs, armed: &uc.armed}
 	uc.bw = bufio.NewWriterSize(&uc.w, writeBufSize)
-	uc.rs.c = c
+	uc.rs.c, uc.rs.armed = c, &uc.armed
 	uc.rd.reset(c, make([]byte, readBufSize))
 	uc.rd.wait, uc.rd.limit = &uc.rs, maxRespHeadSize
 	return uc, nil

@@ -175,6 +175,7 @@ type readSlices struct {
 	app   net.Conn // nil: nothing to look at
 	every time.Duration
 	until time.Time
+	armed *bool // cleared when it sets a deadline (see upConn.armSlice)
 }
 
 // again is given the error of a read. It returns nil when the read is to
@@ -196,6 +197,9 @@ func (w *readSlices) again(err error) error {
 		return errAppGone
 	}
 	w.c.SetReadDeadline(sliceEnd(now, w.every, w.until))
+	if w.armed != nil {
+		*w.armed = false
+	}
 	return nil
 }
 
@@ -210,6 +214,7 @@ type upWriter struct {
 	every time.Duration
 	until time.Time
 	bufs  *sync.Pool // of *[]byte, for ReadFrom
+	armed *bool      // cleared when it sets a deadline (see upConn.armSlice)
 }
 
 func (w *upWriter) Write(p []byte) (int, error) {
@@ -238,6 +243,9 @@ func (w *upWriter) again(err error) error {
 		return errEarlyAnswer
 	}
 	w.c.SetWriteDeadline(sliceEnd(now, w.every, w.until))
+	if w.armed != nil {
+		*w.armed = false
+	}
 	return nil
 }
 

@@ -165,6 +165,7 @@ func (s *h1conn) closeWrite() {
 		return
 	}
 	s.c.SetReadDeadline(time.Now().Add(lingerTime))
+	s.idleUntil = time.Time{}
 	buf := s.rd.buf // the connection ends: what it holds is no longer needed
 	for {
 		// Not a socket (-1: cannot be told): drained, as before, only
