@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -131,7 +130,19 @@ type inboundState struct {
 func newAuthorizer(cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (inbound.Authorizer, error) {
 	c := api.DefaultConfig()
 	c.Address = cfg.Consul
-	c.HttpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}}
+	c.Transport.DialContext = dial
+	c.Transport.Proxy = nil
+	c.Transport.MaxIdleConnsPerHost = 4
+	c.Transport.IdleConnTimeout = time.Minute
+	// The client made with the TLS settings of the CONSUL_* variables
+	// (CONSUL_CACERT, CONSUL_CLIENT_CERT, ...), as api.NewClient makes it
+	// when HttpClient is nil, but with a deadline on every call.
+	hc, err := api.NewHttpClient(c.Transport, c.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("--consul: %w", err)
+	}
+	hc.Timeout = 5 * time.Second
+	c.HttpClient = hc
 	client, err := api.NewClient(c)
 	if err != nil {
 		return nil, fmt.Errorf("--consul: %w", err)
