@@ -131,7 +131,14 @@ type inboundState struct {
 func newAuthorizer(cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (inbound.Authorizer, error) {
 	c := api.DefaultConfig()
 	c.Address = cfg.Consul
-	c.HttpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}}
+	// api.NewClient applies CONSUL_CACERT and the other TLS settings only
+	// to a client it makes itself, so this one is made with them.
+	hc, err := api.NewHttpClient(&http.Transport{DialContext: dial, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}, c.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consul TLS settings (CONSUL_CACERT, CONSUL_CLIENT_CERT, ...): %w", err)
+	}
+	hc.Timeout = 5 * time.Second
+	c.HttpClient = hc
 	client, err := api.NewClient(c)
 	if err != nil {
 		return nil, fmt.Errorf("--consul: %w", err)
