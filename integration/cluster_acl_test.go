@@ -173,6 +173,9 @@ func TestClusterACLAndTLS(t *testing.T) {
 	}); err != nil {
 		t.Error(err)
 	}
+	if out := m.Output(); !strings.Contains(out, `msg="consul's ACLs refuse the registration (err says what to fix); will retry"`) || strings.Contains(out, "cannot reach consul") {
+		t.Errorf("a refused registration is not logged as a refusal:\n%s", meshlab.Tail(out))
+	}
 	if h := client.Get(ctx, "/", ""); h.Status != http.StatusServiceUnavailable {
 		t.Errorf("without node:read no instance is visible: %+v, want 503", h)
 	}

@@ -18,9 +18,9 @@ func TestRetryMessage(t *testing.T) {
 	}{
 		{"missing permission", fmt.Errorf("registering app-1 in consul: %w", consulerr.Explain(api.StatusError{Code: 403,
 			Body: `Permission denied: token with AccessorID 'a1' lacks permission 'service:write' on "app"`})),
-			"consul's ACLs refuse the registration (see err for the permission to add); will retry"},
+			"consul's ACLs refuse the registration (err says what to fix); will retry"},
 		{"unknown token", consulerr.Explain(api.StatusError{Code: 403, Body: "ACL not found"}),
-			"consul's ACLs refuse the registration (see err for the permission to add); will retry"},
+			"consul's ACLs refuse the registration (err says what to fix); will retry"},
 		{"no leader", api.StatusError{Code: 500, Body: "No cluster leader"}, "cannot reach consul; will retry"},
 		{"refused", errors.New("dial tcp 127.0.0.1:8500: connect: connection refused"), "cannot reach consul; will retry"},
 	} {

@@ -271,7 +271,7 @@ func (u *unit) sync(ctx context.Context, svc Service, heartbeat time.Duration) e
 func retryMessage(err error) string {
 	var status api.StatusError
 	if errors.As(err, &status) && status.Code == http.StatusForbidden {
-		return "consul's ACLs refuse the registration (see err for the permission to add); will retry"
+		return "consul's ACLs refuse the registration (err says what to fix); will retry"
 	}
 	return "cannot reach consul; will retry"
 }
