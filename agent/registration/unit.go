@@ -2,8 +2,10 @@ package registration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -206,7 +208,7 @@ func (u *unit) syncLoop(ctx context.Context, svc Service) {
 			// New verdicts must not shorten the backoff of a Consul that
 			// is away.
 			changed = nil
-			u.log.Warn("cannot reach consul; will retry", "err", err, "attempt", attempt, "retry_in", wait.Round(time.Millisecond))
+			u.log.Warn(retryMessage(err), "err", err, "attempt", attempt, "retry_in", wait.Round(time.Millisecond))
 		} else {
 			attempt = 0
 		}
@@ -260,6 +262,18 @@ func (u *unit) sync(ctx context.Context, svc Service, heartbeat time.Duration) e
 		return nil
 	}
 	return u.push(ctx, svc, st)
+}
+
+// retryMessage says why a sync failed: a Consul that refuses meshlet's
+// token (err, explained by consulerr, names what to fix) is reachable, and
+// saying otherwise sends the user to the network instead of the policy.
+// Either way the sync is retried: the policy may be fixed meanwhile.
+func retryMessage(err error) string {
+	var status api.StatusError
+	if errors.As(err, &status) && status.Code == http.StatusForbidden {
+		return "consul's ACLs refuse the registration (err says what to fix); will retry"
+	}
+	return "cannot reach consul; will retry"
 }
 
 // push sends st to Consul; the caller holds the lock. An update that
