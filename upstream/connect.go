@@ -441,9 +441,13 @@ func (m *Mesh) awaitIdentity(ctx context.Context) {
 	id, _ := m.identity()
 	m.log.Info("mTLS identity arrived: instances with a Connect sidecar are reached over mTLS from now on", "identity", id.String())
 	for _, name := range m.watchedNames() {
-		if w := m.watchOf(name); w != nil {
-			w.reroute(m)
-			m.decide(w)
+		w := m.watchOf(name)
+		if w == nil || w.sub.parent != nil {
+			// A subset has no instances of its own to reroute (its
+			// connect.raw is empty): its service's reroute pushes to it.
+			continue
 		}
+		w.reroute(m)
+		m.decide(w)
 	}
 }

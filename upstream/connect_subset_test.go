@@ -1,0 +1,70 @@
+package upstream_test
+
+import (
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/upstream"
+	"github.com/meshlet/meshlet/upstream/upstreamtest"
+)
+
+// Where tag subsets meet mTLS: a subset routes on its service's connect
+// state (sidecars, identity, intentions, strict refusals), never on an
+// empty one of its own.
+
+// getHost makes one request for host through c and returns the status,
+// X-Instance (or X-Meshlet-Error) and body.
+func getHost(t *testing.T, c *http.Client, host string) (int, string, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", host, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if e := resp.Header.Get("X-Meshlet-Error"); e != "" {
+		return resp.StatusCode, e, string(b)
+	}
+	return resp.StatusCode, resp.Header.Get("X-Instance"), string(b)
+}
+
+// Permissive: the identity arrives after the subset is watched. Its
+// rerouting of the service must leave the subset its instance (now over
+// mTLS), not an empty view until the service's next change.
+func TestMTLSSubsetKeepsInstancesWhenIdentityArrives(t *testing.T) {
+	for i := range 4 {
+		k := newMTLSKit(t)
+		b := k.sidecar(t, "web", "b")
+		insts := []*api.ServiceEntry{
+			tagged(t, "a", upstreamtest.DeadAddr(t), "v1"),
+			tagged(t, "b", upstreamtest.DeadAddr(t), "v2"),
+		}
+		svc := "late" + string(rune('a'+i))
+		client := k.manager(t, svc, true)
+		fc, m, _ := mtlsMesh(t, upstream.MTLSPermissive, client, nil, insts, sidecarEntry(t, "b", b.addr))
+		fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 2, Body: map[string][]string{"web": {"v1", "v2"}}})
+		upstreamtest.Eventually(t, "the subset v2", func() bool { ok, _ := m.SubsetExists("v2", "web"); return ok })
+		name := upstream.SubsetName("v2", "web")
+		m.Watch(name)
+		upstreamtest.Eventually(t, "the subset instance", func() bool { return len(m.Endpoints(name)) == 1 })
+		k.giveLeaf(t, svc)
+		upstreamtest.Eventually(t, "the subset over mTLS", func() bool {
+			eps := m.Endpoints(name)
+			return len(eps) == 1 && eps[0].MTLS
+		})
+		// Whatever else the identity's arrival does, after it the subset
+		// keeps its instance (bounded: 300 ms of checks).
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			if eps := m.Endpoints(name); len(eps) != 1 {
+				t.Fatalf("run %d: subset after identity: %v", i, eps)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
