@@ -68,3 +68,28 @@ func TestMTLSSubsetKeepsInstancesWhenIdentityArrives(t *testing.T) {
 		}
 	}
 }
+
+// Strict: the connect watch has not answered yet when the health answer
+// comes. v2.web.local, like web.local, waits for it (and then gets 200
+// over mTLS), instead of refusing with no-mtls-instance.
+func TestMTLSSubsetWaitsForConnectAnswer(t *testing.T) {
+	k := newMTLSKit(t)
+	b := k.sidecar(t, "web", "b")
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 2, Body: map[string][]string{"web": {"v2"}}})
+	fc.SetHealth("web", 7, tagged(t, "b", upstreamtest.DeadAddr(t), "v2"))
+	fc.Set(connectPath, upstreamtest.FakeAnswer{Index: 3, Body: []*api.ServiceEntry{sidecarEntry(t, "b", b.addr)}})
+	fc.SetHolding(connectPath, true)
+	setIntentions(fc, 5)
+	m := upstreamtest.NewMesh(t, fc, func(c *upstream.Config) {
+		c.MTLS, c.ClientTLS = upstream.MTLSStrict, k.manager(t, "web-client", false)
+		c.CallTimeout = 10 * time.Second
+	})
+	upstreamtest.Eventually(t, "the subset v2", func() bool { ok, _ := m.SubsetExists("v2", "web"); return ok })
+	front := outboundFrontFor(t, m, upstream.SubsetName("v2", "web"), "v2.web.local")
+	c := upstreamtest.Client(front)
+	go func() { time.Sleep(1500 * time.Millisecond); fc.SetHolding(connectPath, false) }()
+	if status, who, body := getHost(t, c, "v2.web.local"); status != http.StatusOK || who != "b" {
+		t.Errorf("v2.web.local before the connect watch answered: %d %s %s; want 200 from b", status, who, body)
+	}
+}

@@ -150,14 +150,16 @@ func (w *serviceWatch) failed(since int64) {
 func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 	now := time.Now()
 	w.mu.Lock()
-	release := true
-	if w.sub.parent == nil {
-		eps, release = w.connectOverlay(eps, m, fromDisk)
-	}
 	// A subset's instances come from its service's view, which that
 	// service's connect watch overlaid already: Dial finds their sidecars
 	// under the service's watch (setDests), with the service's identity
-	// and intentions, not the subset's name.
+	// and intentions, not the subset's name. Nor does a subset release
+	// requests itself: its service does, once its connect watch answered
+	// too (releaseAnswered).
+	release := false
+	if w.sub.parent == nil {
+		eps, release = w.connectOverlay(eps, m, fromDisk)
+	}
 	old := w.view.Load()
 	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && !w.settleChanged &&
 		old.noMTLS == w.connect.why && !w.policyChanged()
@@ -179,8 +181,18 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 			m.state.changed()
 		}
 		if release {
-			w.answeredOnce.Do(func() { close(w.answered) })
+			w.releaseAnswered()
 		}
+	}
+}
+
+// releaseAnswered lets the requests that wait for the service's first
+// answer go, and those waiting for its subsets'. A subset made later
+// finds its service's answered closed (subsetWatch).
+func (w *serviceWatch) releaseAnswered() {
+	w.answeredOnce.Do(func() { close(w.answered) })
+	for _, c := range w.subsets() {
+		c.answeredOnce.Do(func() { close(c.answered) })
 	}
 }
 
