@@ -372,6 +372,16 @@ func (m *Mesh) mtlsRefusal(w *serviceWatch, v *serviceView) (code, msg string) {
 	if !m.mtls.on {
 		return "", ""
 	}
+	if p := w.sub.parent; p != nil {
+		// A subset has no connect state of its own: its service's
+		// intentions and strict refusal decide, as they do for the
+		// sidecars Dial reaches under the service's watch.
+		pv := p.view.Load()
+		if pv == nil {
+			pv = v
+		}
+		w, v = p, pv
+	}
 	strict := m.cfg.MTLS == MTLSStrict
 	if strict {
 		if _, ok := m.identity(); !ok {

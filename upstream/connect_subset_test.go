@@ -93,3 +93,35 @@ func TestMTLSSubsetWaitsForConnectAnswer(t *testing.T) {
 		t.Errorf("v2.web.local before the connect watch answered: %d %s %s; want 200 from b", status, who, body)
 	}
 }
+
+// Permissive: a deny intention toward web refuses v2.web too, also when
+// the subset's instance is plaintext (no sidecar), as it refuses web
+// whose other instance is over mTLS.
+func TestMTLSSubsetDeniedWithItsService(t *testing.T) {
+	k := newMTLSKit(t)
+	a := k.sidecar(t, "web", "a")
+	b := upstreamtest.WhoAmI(t, "b")
+	insts := []*api.ServiceEntry{
+		tagged(t, "a", upstreamtest.DeadAddr(t), "v1"),
+		tagged(t, "b", upstreamtest.AddrOf(b), "v2"),
+	}
+	fc, m, webFront := mtlsMesh(t, upstream.MTLSPermissive, k.manager(t, "web-client", false), nil, insts, sidecarEntry(t, "a", a.addr))
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 2, Body: map[string][]string{"web": {"v1", "v2"}}})
+	upstreamtest.Eventually(t, "the subset v2", func() bool { ok, _ := m.SubsetExists("v2", "web"); return ok })
+	name := upstream.SubsetName("v2", "web")
+	front := outboundFrontFor(t, m, name, "v2.web.local")
+	c := upstreamtest.Client(front)
+	upstreamtest.Eventually(t, "v2.web.local served by b in plaintext", func() bool {
+		status, who, _ := getHost(t, c, "v2.web.local")
+		return status == http.StatusOK && who == "b"
+	})
+	setIntentions(fc, 9, &api.Intention{SourceName: "web-client", DestinationName: "web", Action: api.IntentionActionDeny, Precedence: 9})
+	wc := upstreamtest.Client(webFront)
+	upstreamtest.Eventually(t, "the deny of web refusing web.local", func() bool {
+		status, code, _ := get(t, wc)
+		return status == http.StatusForbidden && code == upstream.ErrCodeDenied
+	})
+	if status, code, body := getHost(t, c, "v2.web.local"); status != http.StatusForbidden || code != upstream.ErrCodeDenied {
+		t.Errorf("v2.web.local after a deny of web: %d %s %s; want 403 %s", status, code, body, upstream.ErrCodeDenied)
+	}
+}
