@@ -188,6 +188,22 @@ func (w *serviceWatch) connectOverlay(eps []Endpoint, m *Mesh, fromDisk bool) ([
 	return out, c.settled || !m.mtls.watching
 }
 
+// subsetNoMTLS sets, in strict mode, why the subset w routes to none of
+// its instances eps (its service's, overlaid and tagged): none of the
+// tagged ones has a passing sidecar, though the service's others may.
+// w.mu and its service's mu are held (pushSubsets and subsetWatch are the
+// only callers that update a subset, with its service's mu held).
+func (w *serviceWatch) subsetNoMTLS(eps []Endpoint, m *Mesh) {
+	w.connect.why = ""
+	if !m.mtls.on || m.cfg.MTLS != MTLSStrict || len(eps) > 0 {
+		return
+	}
+	if n := len(withTag(w.sub.parent.connect.raw, w.sub.tag)); n > 0 {
+		w.connect.why = fmt.Sprintf("strict mTLS: none of the %d registered instances of service %q with tag %q has a passing Connect sidecar in consul",
+			n, w.sub.parent.name, w.sub.tag)
+	}
+}
+
 // setDests makes the sidecar addresses of eps those Dial reaches over
 // mTLS for w; addresses that left are forgotten destForget later. w.mu
 // is held.
@@ -367,7 +383,10 @@ func sidecarsFromHealth(entries []*api.ServiceEntry) (sc map[string]string, skip
 
 // mtlsRefusal returns the code and message of a request for the service
 // of w that mTLS refuses, or "" when it may go: strict mode without an
-// identity or without an instance over mTLS, or a deny intention.
+// identity, or a deny intention. Strict mode without an instance over
+// mTLS refuses only when the view routes to nothing (noMTLSRefusal): the
+// instances settling after an agent restart, whose sidecars' checks have
+// not run yet, still take traffic meanwhile.
 func (m *Mesh) mtlsRefusal(w *serviceWatch, v *serviceView) (code, msg string) {
 	if !m.mtls.on {
 		return "", ""
@@ -392,10 +411,25 @@ func (m *Mesh) mtlsRefusal(w *serviceWatch, v *serviceView) (code, msg string) {
 	if d := w.connect.denied.Load(); d != nil && (strict || v.hasMTLS) {
 		return ErrCodeDenied, "meshlet: " + d.Error()
 	}
-	if v.noMTLS != "" {
-		return ErrCodeNoMTLS, "meshlet: " + v.noMTLS
-	}
 	return "", ""
+}
+
+// noMTLSRefusal returns why strict mTLS routes to no instance of the
+// service of w, "" when that is not why: for a view that has no set to
+// route on at the moment.
+func (m *Mesh) noMTLSRefusal(w *serviceWatch, v *serviceView) string {
+	if !m.mtls.on {
+		return ""
+	}
+	if v.noMTLS != "" {
+		return v.noMTLS
+	}
+	if p := w.sub.parent; p != nil {
+		if pv := p.view.Load(); pv != nil {
+			return pv.noMTLS
+		}
+	}
+	return ""
 }
 
 // startConnectWatchesLocked starts the watches of w's sidecars and of the

@@ -3,6 +3,7 @@ package upstream_test
 import (
 	"io"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -123,5 +124,49 @@ func TestMTLSSubsetDeniedWithItsService(t *testing.T) {
 	})
 	if status, code, body := getHost(t, c, "v2.web.local"); status != http.StatusForbidden || code != upstream.ErrCodeDenied {
 		t.Errorf("v2.web.local after a deny of web: %d %s %s; want 403 %s", status, code, body, upstream.ErrCodeDenied)
+	}
+}
+
+// Strict: a restarted agent re-registers the instance and its sidecar,
+// every check reset, so /v1/health/connect lists no passing sidecar. The
+// instance that passed before settles, and strict mTLS must route to it
+// meanwhile, not refuse with no-mtls-instance.
+func TestMTLSStrictRoutesWhileSettlingAfterReset(t *testing.T) {
+	k := newMTLSKit(t)
+	a := k.sidecar(t, "web", "a")
+	fc, m, front := mtlsMesh(t, upstream.MTLSStrict, k.manager(t, "web-client", false), func(c *upstream.Config) { c.SettleTime = time.Minute },
+		[]*api.ServiceEntry{upstreamtest.Instance(t, "web", "a", upstreamtest.DeadAddr(t))}, sidecarEntry(t, "a", a.addr))
+	c := upstreamtest.Client(front)
+	upstreamtest.Eventually(t, "mTLS", func() bool { _, who, _ := get(t, c); return who == "a" })
+	fc.SetHealth("web", 8, upstreamtest.WithResetCheck(upstreamtest.Instance(t, "web", "a", upstreamtest.DeadAddr(t))))
+	fc.Set(connectPath, upstreamtest.FakeAnswer{Index: 4, Body: []*api.ServiceEntry{}})
+	upstreamtest.Eventually(t, "reset and empty connect answer applied", func() bool {
+		// The watch asks with ?index=4 only after it applied answer 4.
+		return len(m.Endpoints("web")) == 0 && slices.Contains(fc.IndexesSent(connectPath), "4")
+	})
+	if status, who, body := get(t, c); status != http.StatusOK || who != "a" {
+		t.Errorf("while settling: %d %s %s; want 200 from a", status, who, body)
+	}
+}
+
+// Strict: web has an instance over mTLS (a, v1), but the only v2 instance
+// has no sidecar: v2.web.local answers no-mtls-instance, not no healthy
+// instance, and web.local still routes to a.
+func TestMTLSStrictSubsetWithoutSidecars(t *testing.T) {
+	k := newMTLSKit(t)
+	a := k.sidecar(t, "web", "a")
+	insts := []*api.ServiceEntry{
+		tagged(t, "a", upstreamtest.DeadAddr(t), "v1"),
+		tagged(t, "b", upstreamtest.DeadAddr(t), "v2"),
+	}
+	fc, m, webFront := mtlsMesh(t, upstream.MTLSStrict, k.manager(t, "web-client", false), nil, insts, sidecarEntry(t, "a", a.addr))
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 2, Body: map[string][]string{"web": {"v1", "v2"}}})
+	upstreamtest.Eventually(t, "the subset v2", func() bool { ok, _ := m.SubsetExists("v2", "web"); return ok })
+	c := upstreamtest.Client(outboundFrontFor(t, m, upstream.SubsetName("v2", "web"), "v2.web.local"))
+	if status, code, body := getHost(t, c, "v2.web.local"); status != http.StatusServiceUnavailable || code != upstream.ErrCodeNoMTLS {
+		t.Errorf("v2.web.local without a v2 sidecar: %d %s %s; want 503 %s", status, code, body, upstream.ErrCodeNoMTLS)
+	}
+	if status, who, body := get(t, upstreamtest.Client(webFront)); status != http.StatusOK || who != "a" {
+		t.Errorf("web.local: %d %s %s; want 200 from a", status, who, body)
 	}
 }

@@ -159,6 +159,8 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 	release := false
 	if w.sub.parent == nil {
 		eps, release = w.connectOverlay(eps, m, fromDisk)
+	} else {
+		w.subsetNoMTLS(eps, m)
 	}
 	old := w.view.Load()
 	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && !w.settleChanged &&
