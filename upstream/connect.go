@@ -300,11 +300,7 @@ func (w *serviceWatch) setSidecars(sc map[string]string, m *Mesh) {
 	c := &w.connect
 	changed := c.sidecars == nil || !maps.Equal(c.sidecars, sc) || !c.settled
 	c.sidecars, c.settled = sc, true
-	raw, fromDisk, have := c.raw, c.rawFromDisk, w.view.Load() != nil
-	w.mu.Unlock()
-	if changed && have {
-		w.update(raw, m, fromDisk)
-	}
+	w.rebuildLocked(changed, m)
 }
 
 // connectSettled lets requests go without the connect watch's answer.
@@ -312,22 +308,28 @@ func (w *serviceWatch) connectSettled(m *Mesh) {
 	w.mu.Lock()
 	first := !w.connect.settled
 	w.connect.settled = true
-	raw, fromDisk, have := w.connect.raw, w.connect.rawFromDisk, w.view.Load() != nil
-	w.mu.Unlock()
-	if first && have {
-		w.update(raw, m, fromDisk)
-	}
+	w.rebuildLocked(first, m)
 }
 
 // reroute rebuilds the view on the last instances, for a change that is
 // not Consul's (the identity arrived).
 func (w *serviceWatch) reroute(m *Mesh) {
 	w.mu.Lock()
-	raw, fromDisk, have := w.connect.raw, w.connect.rawFromDisk, w.view.Load() != nil
-	w.mu.Unlock()
-	if have {
-		w.update(raw, m, fromDisk)
+	w.rebuildLocked(true, m)
+}
+
+// rebuildLocked rebuilds the view on connect.raw, when want and there is
+// a view, in the critical section the caller began: w.mu is held, and
+// released here.
+func (w *serviceWatch) rebuildLocked(want bool, m *Mesh) {
+	if !want || w.view.Load() == nil {
+		w.mu.Unlock()
+		return
 	}
+	fromDisk := w.connect.rawFromDisk
+	same, release := w.updateLocked(w.connect.raw, m, fromDisk)
+	w.mu.Unlock()
+	w.updated(m, fromDisk, same, release)
 }
 
 // sidecarsFromHealth maps each app instance (hostKey) of a connect
