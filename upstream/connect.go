@@ -188,6 +188,22 @@ func (w *serviceWatch) connectOverlay(eps []Endpoint, m *Mesh, fromDisk bool) ([
 	return out, c.settled || !m.mtls.watching
 }
 
+// subsetNoMTLS sets, in strict mode, why the subset w routes to none of
+// its instances eps (its service's, overlaid and tagged): none of the
+// tagged ones has a passing sidecar, though the service's others may.
+// w.mu and its service's mu are held (pushSubsets and subsetWatch are the
+// only callers that update a subset, with its service's mu held).
+func (w *serviceWatch) subsetNoMTLS(eps []Endpoint, m *Mesh) {
+	w.connect.why = ""
+	if !m.mtls.on || m.cfg.MTLS != MTLSStrict || len(eps) > 0 {
+		return
+	}
+	if n := len(withTag(w.sub.parent.connect.raw, w.sub.tag)); n > 0 {
+		w.connect.why = fmt.Sprintf("strict mTLS: none of the %d registered instances of service %q with tag %q has a passing Connect sidecar in consul",
+			n, w.sub.parent.name, w.sub.tag)
+	}
+}
+
 // setDests makes the sidecar addresses of eps those Dial reaches over
 // mTLS for w; addresses that left are forgotten destForget later. w.mu
 // is held.
@@ -284,11 +300,7 @@ func (w *serviceWatch) setSidecars(sc map[string]string, m *Mesh) {
 	c := &w.connect
 	changed := c.sidecars == nil || !maps.Equal(c.sidecars, sc) || !c.settled
 	c.sidecars, c.settled = sc, true
-	raw, fromDisk, have := c.raw, c.rawFromDisk, w.view.Load() != nil
-	w.mu.Unlock()
-	if changed && have {
-		w.update(raw, m, fromDisk)
-	}
+	w.rebuildLocked(changed, m)
 }
 
 // connectSettled lets requests go without the connect watch's answer.
@@ -296,22 +308,28 @@ func (w *serviceWatch) connectSettled(m *Mesh) {
 	w.mu.Lock()
 	first := !w.connect.settled
 	w.connect.settled = true
-	raw, fromDisk, have := w.connect.raw, w.connect.rawFromDisk, w.view.Load() != nil
-	w.mu.Unlock()
-	if first && have {
-		w.update(raw, m, fromDisk)
-	}
+	w.rebuildLocked(first, m)
 }
 
 // reroute rebuilds the view on the last instances, for a change that is
 // not Consul's (the identity arrived).
 func (w *serviceWatch) reroute(m *Mesh) {
 	w.mu.Lock()
-	raw, fromDisk, have := w.connect.raw, w.connect.rawFromDisk, w.view.Load() != nil
-	w.mu.Unlock()
-	if have {
-		w.update(raw, m, fromDisk)
+	w.rebuildLocked(true, m)
+}
+
+// rebuildLocked rebuilds the view on connect.raw, when want and there is
+// a view, in the critical section the caller began: w.mu is held, and
+// released here.
+func (w *serviceWatch) rebuildLocked(want bool, m *Mesh) {
+	if !want || w.view.Load() == nil {
+		w.mu.Unlock()
+		return
 	}
+	fromDisk := w.connect.rawFromDisk
+	same, release := w.updateLocked(w.connect.raw, m, fromDisk)
+	w.mu.Unlock()
+	w.updated(m, fromDisk, same, release)
 }
 
 // sidecarsFromHealth maps each app instance (hostKey) of a connect
@@ -367,10 +385,23 @@ func sidecarsFromHealth(entries []*api.ServiceEntry) (sc map[string]string, skip
 
 // mtlsRefusal returns the code and message of a request for the service
 // of w that mTLS refuses, or "" when it may go: strict mode without an
-// identity or without an instance over mTLS, or a deny intention.
+// identity, or a deny intention. Strict mode without an instance over
+// mTLS refuses only when the view routes to nothing (noMTLSRefusal): the
+// instances settling after an agent restart, whose sidecars' checks have
+// not run yet, still take traffic meanwhile.
 func (m *Mesh) mtlsRefusal(w *serviceWatch, v *serviceView) (code, msg string) {
 	if !m.mtls.on {
 		return "", ""
+	}
+	if p := w.sub.parent; p != nil {
+		// A subset has no connect state of its own: its service's
+		// intentions and strict refusal decide, as they do for the
+		// sidecars Dial reaches under the service's watch.
+		pv := p.view.Load()
+		if pv == nil {
+			pv = v
+		}
+		w, v = p, pv
 	}
 	strict := m.cfg.MTLS == MTLSStrict
 	if strict {
@@ -382,10 +413,25 @@ func (m *Mesh) mtlsRefusal(w *serviceWatch, v *serviceView) (code, msg string) {
 	if d := w.connect.denied.Load(); d != nil && (strict || v.hasMTLS) {
 		return ErrCodeDenied, "meshlet: " + d.Error()
 	}
-	if v.noMTLS != "" {
-		return ErrCodeNoMTLS, "meshlet: " + v.noMTLS
-	}
 	return "", ""
+}
+
+// noMTLSRefusal returns why strict mTLS routes to no instance of the
+// service of w, "" when that is not why: for a view that has no set to
+// route on at the moment.
+func (m *Mesh) noMTLSRefusal(w *serviceWatch, v *serviceView) string {
+	if !m.mtls.on {
+		return ""
+	}
+	if v.noMTLS != "" {
+		return v.noMTLS
+	}
+	if p := w.sub.parent; p != nil {
+		if pv := p.view.Load(); pv != nil {
+			return pv.noMTLS
+		}
+	}
+	return ""
 }
 
 // startConnectWatchesLocked starts the watches of w's sidecars and of the
@@ -441,9 +487,13 @@ func (m *Mesh) awaitIdentity(ctx context.Context) {
 	id, _ := m.identity()
 	m.log.Info("mTLS identity arrived: instances with a Connect sidecar are reached over mTLS from now on", "identity", id.String())
 	for _, name := range m.watchedNames() {
-		if w := m.watchOf(name); w != nil {
-			w.reroute(m)
-			m.decide(w)
+		w := m.watchOf(name)
+		if w == nil || w.sub.parent != nil {
+			// A subset has no instances of its own to reroute (its
+			// connect.raw is empty): its service's reroute pushes to it.
+			continue
 		}
+		w.reroute(m)
+		m.decide(w)
 	}
 }

@@ -191,6 +191,9 @@ func (m *Mesh) route(watch *serviceWatch, now time.Time, answered bool) (*Endpoi
 	}
 	set, panicking, why := v.route(now)
 	if set == nil {
+		if noMTLS := m.noMTLSRefusal(watch, v); noMTLS != "" {
+			return nil, nil, ErrCodeNoMTLS, "meshlet: " + noMTLS
+		}
 		return nil, nil, ErrCodeNoInstance, fmt.Sprintf("meshlet: no healthy instance of service %q: %s", watch.name, why)
 	}
 	if panicking && v.panicLogged.CompareAndSwap(false, true) {

@@ -148,18 +148,33 @@ func (w *serviceWatch) failed(since int64) {
 // file, which are no answer of Consul: they neither release waiting
 // requests nor need saving.
 func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
-	now := time.Now()
 	w.mu.Lock()
-	release := true
-	if w.sub.parent == nil {
-		eps, release = w.connectOverlay(eps, m, fromDisk)
-	}
+	same, release := w.updateLocked(eps, m, fromDisk)
+	w.mu.Unlock()
+	w.updated(m, fromDisk, same, release)
+}
+
+// updateLocked is update's part under w.mu, which the caller holds: it
+// builds and swaps in the view and reports whether it stayed the same and
+// whether requests may be released. A rebuild on connect.raw (setSidecars,
+// connectSettled, reroute) reads and applies it in one critical section,
+// so a newer health answer cannot be overwritten by an older list. The
+// caller then calls updated, without w.mu.
+func (w *serviceWatch) updateLocked(eps []Endpoint, m *Mesh, fromDisk bool) (same, release bool) {
+	now := time.Now()
 	// A subset's instances come from its service's view, which that
 	// service's connect watch overlaid already: Dial finds their sidecars
 	// under the service's watch (setDests), with the service's identity
-	// and intentions, not the subset's name.
+	// and intentions, not the subset's name. Nor does a subset release
+	// requests itself: its service does, once its connect watch answered
+	// too (releaseAnswered).
+	if w.sub.parent == nil {
+		eps, release = w.connectOverlay(eps, m, fromDisk)
+	} else {
+		w.subsetNoMTLS(eps, m)
+	}
 	old := w.view.Load()
-	same := old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && !w.settleChanged &&
+	same = old != nil && endpointsEqual(sortedCopy(eps), w.lastEndpoints) && !now.Before(w.settleUntil) && !w.settleChanged &&
 		old.noMTLS == w.connect.why && !w.policyChanged()
 	if !same {
 		w.settleChanged = false
@@ -172,15 +187,30 @@ func (w *serviceWatch) update(eps []Endpoint, m *Mesh, fromDisk bool) {
 		m.log.Debug("instances changed", "service", w.name, "registered", v.all.Len(), "passing", v.passing.Len(),
 			"settling", v.settle.Len(), "policy", v.policy.Balance, "sticky", v.policy.Sticky)
 	}
-	w.mu.Unlock()
+	return same, release
+}
+
+// updated finishes an update after w.mu is released: it feeds the
+// subsets, marks the state to save and releases waiting requests.
+func (w *serviceWatch) updated(m *Mesh, fromDisk, same, release bool) {
 	w.pushSubsets(m, fromDisk)
 	if !fromDisk {
 		if !same {
 			m.state.changed()
 		}
 		if release {
-			w.answeredOnce.Do(func() { close(w.answered) })
+			w.releaseAnswered()
 		}
+	}
+}
+
+// releaseAnswered lets the requests that wait for the service's first
+// answer go, and those waiting for its subsets'. A subset made later
+// finds its service's answered closed (subsetWatch).
+func (w *serviceWatch) releaseAnswered() {
+	w.answeredOnce.Do(func() { close(w.answered) })
+	for _, c := range w.subsets() {
+		c.answeredOnce.Do(func() { close(c.answered) })
 	}
 }
 
