@@ -9,7 +9,7 @@ demo: deps
 
 test: deps
 	go vet ./...
-	MESHLET_CONSUL_BIN=$(CONSUL) go test -count=1 -timeout 30m ./...
+	MESHLET_CONSUL_BIN=$(CONSUL) go test -count=1 -timeout 50m ./...
 
 deps:
 	scripts/deps.sh
@@ -24,7 +24,7 @@ unit:
 	go test -count=1 $$(go list ./... | grep -v /integration)
 
 integration: deps
-	MESHLET_CONSUL_BIN=$(CONSUL) go test -count=1 -timeout 30m -v ./integration/
+	MESHLET_CONSUL_BIN=$(CONSUL) go test -count=1 -timeout 50m -v ./integration/
 
 
 # Benchmarks side by side (see BENCHMARKS.md); not part of `make test`.
