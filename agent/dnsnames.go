@@ -23,11 +23,10 @@ func (s services) LookupPorts(ctx context.Context, name string) ([]uint16, error
 }
 
 // LookupName implements dns.Services: the service or subset a VIP stands
-// for, for PTR answers. Only addresses of the VIP range are looked at,
-// so other reverse names cost nothing and are forwarded.
+// for, for PTR answers. It asks only the VIP table, with no side effect:
+// it runs on the DNS read loop, and an unassigned VIP (serviceOf would
+// scan every name's home address, and assign it) is nobody's yet, so it
+// is forwarded like any other reverse name.
 func (s services) LookupName(_ context.Context, vip netip.Addr) (string, bool) {
-	if !s.a.vips.Prefix().Contains(vip) {
-		return "", false
-	}
-	return s.a.serviceOf(vip)
+	return s.a.vips.Lookup(vip)
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/certs"
+	"github.com/meshlet/meshlet/internal/consulerr"
 )
 
 // Codes of the X-Meshlet-Error header for mTLS refusals.
@@ -68,6 +69,9 @@ type mtlsState struct {
 	// defaultAllow: what Consul decides when no intention matches
 	// (intentions.go): 0 not known yet, 1 allow, 2 deny.
 	defaultAllow atomic.Int32
+	// defaultUnread: reading that default failed and was logged at Warn,
+	// once until it succeeds.
+	defaultUnread atomic.Bool
 }
 
 // connectDest is a sidecar address that Dial reaches over mTLS.
@@ -262,14 +266,19 @@ type connectSource interface {
 // (/v1/health/connect/NAME, passing only) until ctx is done.
 func (w *serviceWatch) runConnect(ctx context.Context, m *Mesh) {
 	src := connectSource(m.cfg.Consul.Health())
+	what := fmt.Sprintf("connect sidecars of %q", w.name)
 	q := &blockingQuery[[]*api.ServiceEntry]{
-		what: fmt.Sprintf("connect sidecars of %q", w.name),
+		what: what,
 		fetch: func(ctx context.Context, waitIndex uint64) ([]*api.ServiceEntry, uint64, error) {
 			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: m.cfg.WaitTime}).WithContext(ctx)
 			entries, meta, err := src.Connect(w.name, "", true, opts)
 			if err != nil {
-				return nil, 0, fmt.Errorf("asking consul for the connect sidecars of %q: %w", w.name, err)
+				return nil, 0, fmt.Errorf("asking consul for the connect sidecars of %q: %w", w.name, consulerr.Explain(err))
 			}
+			// Consul filters the sidecars by the proxy's own service name,
+			// which is NAME-sidecar-proxy unless registered otherwise.
+			m.acl.note(what, meta.ResultsFilteredByACLs,
+				fmt.Sprintf("service:read on %q (the name of its Connect sidecars) or node:read on their nodes", w.name+"-sidecar-proxy"), true, m.log)
 			return entries, meta.LastIndex, nil
 		},
 		waitTime:    m.cfg.WaitTime,

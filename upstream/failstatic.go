@@ -227,15 +227,18 @@ func (w *serviceWatch) settle(entries []*api.ServiceEntry, lostState bool, m *Me
 		return
 	}
 	now := time.Now()
-	fresh := make(map[string]bool) // service ID → its checks just reset
+	// Keyed by node and ID (hostKey): Consul's default service ID is the
+	// service name, the same on every node.
+	fresh := make(map[string]bool) // instance → its checks just reset
 	present := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		if e == nil || e.Service == nil {
 			continue
 		}
-		present[e.Service.ID] = true
+		k := hostKey(Endpoint{ID: e.Service.ID, Node: entryNode(e)})
+		present[k] = true
 		if checksReset(e.Checks) {
-			fresh[e.Service.ID] = true
+			fresh[k] = true
 		}
 	}
 	w.mu.Lock()
@@ -243,16 +246,17 @@ func (w *serviceWatch) settle(entries []*api.ServiceEntry, lostState bool, m *Me
 	base := map[string]Endpoint{}
 	if now.Before(w.settleUntil) {
 		for _, e := range w.outageBase {
-			base[e.ID] = e
+			base[hostKey(e)] = e
 		}
 	}
 	var reset []string
 	for _, e := range w.lastGood {
-		if lostState || fresh[e.ID] {
-			if _, ok := base[e.ID]; !ok {
+		k := hostKey(e)
+		if lostState || fresh[k] {
+			if _, ok := base[k]; !ok {
 				reset = append(reset, e.ID)
 			}
-			base[e.ID] = e
+			base[k] = e
 		}
 	}
 	if len(reset) > 0 {
@@ -267,8 +271,8 @@ func (w *serviceWatch) settle(entries []*api.ServiceEntry, lostState bool, m *Me
 	// Only the instances still waiting for a check, or still missing after
 	// Consul lost its state, keep settling.
 	var still []Endpoint
-	for _, e := range base {
-		if fresh[e.ID] || !present[e.ID] {
+	for k, e := range base {
+		if fresh[k] || !present[k] {
 			still = append(still, e)
 		}
 	}
@@ -296,4 +300,12 @@ func checksReset(checks api.HealthChecks) bool {
 		failing = true
 	}
 	return failing
+}
+
+// entryNode is the name of the node of a health entry; "" when it has none.
+func entryNode(e *api.ServiceEntry) string {
+	if e.Node == nil {
+		return ""
+	}
+	return e.Node.Node
 }

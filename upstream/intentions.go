@@ -26,6 +26,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/certs"
+	"github.com/meshlet/meshlet/internal/consulerr"
 )
 
 // intentionSource is the part of Consul's Connect API the intention
@@ -38,14 +39,18 @@ type intentionSource interface {
 // done, and decides on every change.
 func (w *serviceWatch) runIntentions(ctx context.Context, m *Mesh) {
 	src := intentionSource(m.cfg.Consul.Connect())
+	what := fmt.Sprintf("intentions toward %q", w.name)
 	q := &blockingQuery[[]*api.Intention]{
-		what: fmt.Sprintf("intentions toward %q", w.name),
+		what: what,
 		fetch: func(ctx context.Context, waitIndex uint64) ([]*api.Intention, uint64, error) {
 			opts := (&api.QueryOptions{WaitIndex: waitIndex, WaitTime: m.cfg.WaitTime}).WithContext(ctx)
 			matches, meta, err := src.IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.name}}, opts)
 			if err != nil {
-				return nil, 0, fmt.Errorf("asking consul for the intentions toward %q: %w", w.name, err)
+				return nil, 0, fmt.Errorf("asking consul for the intentions toward %q: %w", w.name, consulerr.Explain(err))
 			}
+			// A hidden intention may be the deny that decides: say so. Not
+			// a routed query: its instances are all there.
+			m.acl.note(what, meta.ResultsFilteredByACLs, fmt.Sprintf("intentions:read on %q", w.name), false, m.log)
 			return matches[w.name], meta.LastIndex, nil
 		},
 		waitTime:    m.cfg.WaitTime,
@@ -78,8 +83,16 @@ func (m *Mesh) learnIntentionDefault(ctx context.Context) {
 	var self map[string]map[string]any
 	_, err := m.cfg.Consul.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		m.log.Debug("cannot read the agent's ACL settings; taking intentions as default allow for now", "err", err)
+		// Once: it is asked again at every answer of every intention watch.
+		if !m.mtls.defaultUnread.Swap(true) {
+			m.log.Warn("cannot read the local consul agent's ACL settings (/v1/agent/self needs agent:read); "+
+				"taking intentions as default allow until it can", "err", consulerr.Explain(err),
+				"missing", "agent:read", "token_from", consulerr.TokenSource)
+		}
 		return
+	}
+	if m.mtls.defaultUnread.Swap(false) {
+		m.log.Info("read the local consul agent's ACL settings again")
 	}
 	allow, why := intentionDefault(self)
 	if allow {

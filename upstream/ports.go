@@ -26,7 +26,14 @@ func (m *Mesh) Ports(ctx context.Context, name string) []uint16 {
 	}
 	var ports []uint16
 	for i := range set.Len() {
-		_, p, err := net.SplitHostPort(set.At(i).Addr)
+		// SRV gives Consul's port of the app (README), not the port of
+		// the Connect sidecar an mTLS instance is dialled through.
+		e := set.At(i)
+		addr := e.Addr
+		if e.MTLS {
+			addr = e.AppAddr
+		}
+		_, p, err := net.SplitHostPort(addr)
 		if err != nil {
 			continue
 		}

@@ -44,6 +44,10 @@ type FakeAnswer struct {
 	Hold  bool // answer nothing until this changes, as a slow Consul
 	// FilteredByACLs says that Consul's ACLs left part of the answer out.
 	FilteredByACLs bool
+	// Code, when not 0, is the error status to answer with, and ErrBody
+	// its body (as Consul's 403 "Permission denied: ... lacks permission").
+	Code    int
+	ErrBody string
 }
 
 // NewFakeConsul starts a FakeConsul that stops when the test ends.
@@ -101,6 +105,11 @@ func (fc *FakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 		if a == nil {
 			fc.mu.Unlock()
 			http.Error(w, "fake consul: no answer set for "+r.URL.Path, http.StatusNotFound)
+			return
+		}
+		if a.Code != 0 {
+			fc.mu.Unlock()
+			http.Error(w, a.ErrBody, a.Code)
 			return
 		}
 		if a.Fail {
