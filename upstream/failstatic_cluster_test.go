@@ -76,6 +76,9 @@ func TestNoSettleWithoutEvidenceOfLostState(t *testing.T) {
 			c := upstreamtest.Client(front)
 			upstreamtest.Do(t, c, http.MethodGet, "")
 			upstreamtest.Eventually(t, "both passing", func() bool { return len(m.Endpoints("web")) == 2 })
+			// Status reports fail-static only once the catalog answered:
+			// an outage before that is no fail-static yet.
+			upstreamtest.Eventually(t, "the catalog", func() bool { ok, _ := m.CatalogReady(); return ok })
 			tc.fail(fc, m)
 			fc.SetHealth("web", tc.index, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)),
 				upstreamtest.WithStatus(upstreamtest.Instance(t, "web", "b", upstreamtest.AddrOf(b)), api.HealthCritical))
