@@ -245,7 +245,14 @@ func TestGRPCAndHTTP2ThroughTheMesh(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := w.Consul.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "g1-plain", Name: "plain", Address: hosts[0].Host.IP.String(), Port: 9090,
-			Meta: grpcMeta, Check: &api.AgentServiceCheck{CheckID: "check-g1-plain-ttl", TTL: "1h", Status: api.HealthCritical}}); err != nil {
+			Meta: grpcMeta, Check: &api.AgentServiceCheck{CheckID: "check-g1-plain-ttl", TTL: "1h", Status: api.HealthPassing}}); err != nil {
+			t.Fatal(err)
+		}
+		// Then a check that has run and failed (critical, with output; the
+		// agent syncs a change of status at once, of output alone only
+		// later): a check registered critical and never run would keep the
+		// instance that passed before (the settle after a reset).
+		if err := w.Consul.Agent().UpdateTTL("check-g1-plain-ttl", "down on purpose", api.HealthCritical); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, 15*time.Second, "UNAVAILABLE for a service with no healthy instance", func() bool {
