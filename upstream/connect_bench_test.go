@@ -64,27 +64,13 @@ func BenchmarkMTLSHandshake(b *testing.B) {
 	k := newMTLSKit(b)
 	server := k.manager(b, "web", false).ServerConfig(nil)
 	client := k.manager(b, "web-client", false)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				tc := tls.Server(c, server)
-				if tc.Handshake() == nil {
-					tc.Write([]byte{1}) // after the session ticket: the client reads both
-					tc.Read(make([]byte, 1))
-				}
-			}()
+	addr := upstreamtest.TCPServer(b, func(c *net.TCPConn) {
+		tc := tls.Server(c, server)
+		if tc.Handshake() == nil {
+			tc.Write([]byte{1}) // after the session ticket: the client reads both
+			tc.Read(make([]byte, 1))
 		}
-	}()
+	})
 	for _, mode := range []string{"full", "resumed"} {
 		b.Run(mode, func(b *testing.B) {
 			conf := client.ClientConfig(certs.Target{Service: "web"})
@@ -94,7 +80,7 @@ func BenchmarkMTLSHandshake(b *testing.B) {
 			resumed := 0
 			cpu0 := cpuTime()
 			for b.Loop() {
-				raw, err := net.Dial("tcp", ln.Addr().String())
+				raw, err := net.Dial("tcp", addr)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -522,27 +522,13 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 func TestMTLSRawTCP(t *testing.T) {
 	k := newMTLSKit(t)
 	conf := k.manager(t, "web", false).ServerConfig(nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				tc := tls.Server(c, conf)
-				b, _ := io.ReadAll(tc) // until the caller's half-close
-				fmt.Fprintf(tc, "got %d bytes: %q", len(b), b)
-			}()
-		}
-	}()
+	addr := upstreamtest.TCPServer(t, func(c *net.TCPConn) {
+		tc := tls.Server(c, conf)
+		b, _ := io.ReadAll(tc) // until the caller's half-close
+		fmt.Fprintf(tc, "got %d bytes: %q", len(b), b)
+	})
 	_, _, front := mtlsMesh(t, upstream.MTLSStrict, k.manager(t, "web-client", false), nil,
-		[]*api.ServiceEntry{upstreamtest.Instance(t, "web", "r", upstreamtest.DeadAddr(t))}, sidecarEntry(t, "r", ln.Addr().String()))
+		[]*api.ServiceEntry{upstreamtest.Instance(t, "web", "r", upstreamtest.DeadAddr(t))}, sidecarEntry(t, "r", addr))
 	c, err := net.Dial("tcp", front.Addr)
 	if err != nil {
 		t.Fatal(err)
