@@ -193,14 +193,20 @@ func (p *Proc) Wait(d time.Duration) (exited bool, err error) {
 // Done is closed when the process has exited.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
-// Kill stops the process at once and waits for it.
+// Kill stops the process and everything it started, at once, and waits
+// for it.
 func (p *Proc) Kill() {
 	select {
 	case <-p.done:
 		return
 	default:
 	}
-	p.Cmd.Process.Kill()
+	// The whole process group: nginx's and HAProxy's workers outlive a
+	// killed master, holding ports and inherited descriptors (a bench run
+	// that failed left an nginx worker holding the bench's lock file).
+	if err := syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		p.Cmd.Process.Kill()
+	}
 	<-p.done
 }
 
