@@ -74,7 +74,7 @@ func main() {
 	}
 	fmt.Printf("# consulscale: %d sidecars per client agent, %d services (each sidecar watches %d), %d instances each; %d changes per phase, one every %v\n",
 		*perAgent, services, perSidecar, instancesOf, *changes, *every)
-	fmt.Printf("# per change: requests to the servers (consul_rpc_request + consul_rpc_query), bytes through the servers' interfaces, servers' CPU; idle cost of the same time subtracted\n")
+	fmt.Printf("# per change: requests to the servers (consul_rpc_request + consul_rpc_query, less the sidecars' liveness checks), bytes through the servers' interfaces, servers' CPU; idle cost of the same time subtracted\n")
 	fmt.Printf("# idle: requests to the servers per second with no change, and the sidecars' liveness checks (/v1/status/leader, each a request to a server) among them\n")
 	fmt.Println("| N | mode | watched: rpc/change | bytes/change | CPU ms/change | staleness p50 / p99 / max | unrelated: rpc/change | bytes/change | CPU ms/change | idle: rpc/s (pings/s) |")
 	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -113,6 +113,9 @@ type world struct {
 	c     *clusterlab.Cluster
 	sides []*clusterlab.Agent // where the sidecars' clients connect
 	inst  *clusterlab.Agent   // where the instances are registered
+	// pings counts the sidecars' liveness checks (/v1/status/leader), each
+	// a request to a server, so that they can be told from the watches'.
+	pings atomic.Int64
 }
 
 func runMode(md mode, consul string, counts []int, perAgent, changes int, every, converge time.Duration) error {
@@ -192,7 +195,6 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every, con
 	}()
 	sides := make([]*sidecar, n)
 	watchers := map[string][]*sidecar{}
-	var pings atomic.Int64
 	for i := range n {
 		a := w.sides[i%len(w.sides)]
 		cfg := api.DefaultNonPooledConfig()
@@ -201,7 +203,7 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every, con
 		cfg.Transport.DialContext = a.Host.DialContext
 		cfg.Transport.Proxy = nil
 		transports = append(transports, cfg.Transport)
-		cfg.HttpClient = &http.Client{Transport: countPings{cfg.Transport, &pings}}
+		cfg.HttpClient = &http.Client{Transport: countPings{cfg.Transport, &w.pings}}
 		client, err := api.NewClient(cfg)
 		if err != nil {
 			return err
@@ -246,12 +248,10 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every, con
 	time.Sleep(3 * time.Second) // let the start's burst pass
 
 	period := time.Duration(changes) * every
-	pingsBefore := pings.Load()
 	idle, err := w.sample(ctx, func() error { time.Sleep(period); return nil })
 	if err != nil {
 		return err
 	}
-	idlePings := pings.Load() - pingsBefore
 	var stale []time.Duration
 	var mu sync.Mutex
 	watched, err := w.sample(ctx, func() error {
@@ -297,7 +297,7 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every, con
 		a.rpc/float64(changes), a.bytes/float64(changes), a.cpu.Seconds()*1000/float64(changes),
 		pct(stale, 50), pct(stale, 99), pct(stale, 100),
 		b.rpc/float64(changes), b.bytes/float64(changes), b.cpu.Seconds()*1000/float64(changes),
-		idle.rpc/period.Seconds(), float64(idlePings)/period.Seconds())
+		(idle.rpc+idle.pings)/idle.dur.Seconds(), idle.pings/idle.dur.Seconds())
 	return nil
 }
 
@@ -374,14 +374,27 @@ func pct(d []time.Duration, p int) string {
 	return d[i].Round(time.Millisecond).String()
 }
 
-// cost is what the servers spent in one period.
+// cost is what the servers spent in one period. rpc leaves out the
+// sidecars' liveness checks, counted in pings: fewer of them are sent
+// while watches answer, which would make a period of changes look
+// cheaper than an idle one.
 type cost struct {
-	rpc, bytes float64
-	cpu        time.Duration
+	rpc, pings, bytes float64
+	cpu               time.Duration
+	dur               time.Duration // of the period
 }
 
+// minus subtracts the idle cost b, scaled to a's period: the changes'
+// period lasts longer, until every watcher saw the last change.
 func (a cost) minus(b cost) cost {
-	return cost{rpc: max(a.rpc-b.rpc, 0), bytes: max(a.bytes-b.bytes, 0), cpu: max(a.cpu-b.cpu, 0)}
+	f := 1.0
+	if b.dur > 0 {
+		f = a.dur.Seconds() / b.dur.Seconds()
+	}
+	return cost{
+		rpc: max(a.rpc-f*b.rpc, 0), pings: a.pings - f*b.pings, bytes: max(a.bytes-f*b.bytes, 0),
+		cpu: max(a.cpu-time.Duration(f*float64(b.cpu)), 0), dur: a.dur,
+	}
 }
 
 // sample runs f and returns the servers' cost meanwhile.
@@ -390,20 +403,23 @@ func (w *world) sample(ctx context.Context, f func() error) (cost, error) {
 	if err != nil {
 		return cost{}, err
 	}
+	start := time.Now()
 	if err := f(); err != nil {
 		return cost{}, err
 	}
+	dur := time.Since(start)
 	after, err := w.counters(ctx)
 	if err != nil {
 		return cost{}, err
 	}
-	return cost{rpc: after.rpc - before.rpc, bytes: after.bytes - before.bytes, cpu: after.cpu - before.cpu}, nil
+	pings := after.pings - before.pings
+	return cost{rpc: after.rpc - before.rpc - pings, pings: pings, bytes: after.bytes - before.bytes, cpu: after.cpu - before.cpu, dur: dur}, nil
 }
 
 // counters reads the servers' cumulative RPC counts, interface bytes and
 // CPU time.
 func (w *world) counters(ctx context.Context) (cost, error) {
-	var total cost
+	total := cost{pings: float64(w.pings.Load())}
 	for _, s := range w.c.Servers {
 		rpc, err := promCounters(ctx, s)
 		if err != nil {
