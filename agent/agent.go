@@ -124,6 +124,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		StateDir:  cfg.StateDir,
 		StateID:   cfg.Consul, // state is per Consul cluster
 		MaxStale:  cfg.MaxStale,
+		QueryMode: cfg.ConsulQuery,
 		// X-Forwarded-For: the app's own address, not loopback.
 		ClientAddr: clientAddr(cfg, log.With("part", "upstream")),
 		MTLS:       cfg.MTLS,

@@ -60,6 +60,8 @@ type Config struct {
 	MaxStale time.Duration
 	// ConnectTimeout bounds a connection to an instance.
 	ConnectTimeout time.Duration
+	// ConsulQuery is how the watches ask Consul (upstream.QueryMode).
+	ConsulQuery upstream.QueryMode
 	// DNSTTL is the TTL of meshlet's own DNS answers and, through their
 	// SOA, of its negative answers; whole seconds.
 	DNSTTL time.Duration
@@ -97,6 +99,18 @@ func settings(consulDefault string) []setting {
 					return errors.New("must not be empty")
 				}
 				c.Consul = v
+				return nil
+			}},
+		{"consul-query", "MESHLET_CONSUL_QUERY", "default", "how the watches ask Consul: default (the catalog from the agent's cache, instances by blocking queries the agent streams), plain, cached or stale",
+			func(c *Config, v string) error {
+				if v == "default" {
+					v = ""
+				}
+				m, err := upstream.ParseQueryMode(v)
+				if err != nil {
+					return err
+				}
+				c.ConsulQuery = m
 				return nil
 			}},
 		{"suffix", "MESHLET_SUFFIX", "local,service.consul", "comma-separated DNS suffixes of mesh names (NAME.SUFFIX → service NAME)",

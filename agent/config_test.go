@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/upstream"
 )
 
 func env(m map[string]string) func(string) string {
@@ -51,16 +53,20 @@ func TestParseConfigTrafficSettings(t *testing.T) {
 	if c.DNSTTL != 5*time.Second {
 		t.Errorf("default DNS TTL %v, want 5s", c.DNSTTL)
 	}
+	if c.ConsulQuery != upstream.QueryDefault {
+		t.Errorf("default consul query mode %q, want the default", c.ConsulQuery)
+	}
 	if c.StateDir != "/var/lib/meshlet" || c.MaxStale != 0 || c.StickyKey != "" || c.Policy.String() != "" {
 		t.Errorf("defaults: state dir %q, max stale %v, sticky key %q, policy %q", c.StateDir, c.MaxStale, c.StickyKey, c.Policy)
 	}
 	c, err = ParseConfig([]string{"--policy", "web:sticky=cookie,sticky-cookie=CONTAINERID", "--state-dir", ""},
 		env(map[string]string{
-			"MESHLET_POLICY":     "api:balance=least-request",
-			"MESHLET_STICKY_KEY": "0123456789abcdef",
-			"MESHLET_MAX_STALE":  "15m",
-			"MESHLET_STATE_DIR":  "/elsewhere",
-			"MESHLET_DNS_TTL":    "30s",
+			"MESHLET_POLICY":       "api:balance=least-request",
+			"MESHLET_STICKY_KEY":   "0123456789abcdef",
+			"MESHLET_MAX_STALE":    "15m",
+			"MESHLET_STATE_DIR":    "/elsewhere",
+			"MESHLET_DNS_TTL":      "30s",
+			"MESHLET_CONSUL_QUERY": "plain",
 		}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +74,7 @@ func TestParseConfigTrafficSettings(t *testing.T) {
 	if got := c.Policy.String(); got != "web:sticky=cookie,sticky-cookie=CONTAINERID" {
 		t.Errorf("policy = %q, want the flag's over the variable's", got)
 	}
-	if c.StickyKey != "0123456789abcdef" || c.MaxStale != 15*time.Minute || c.DNSTTL != 30*time.Second {
+	if c.StickyKey != "0123456789abcdef" || c.MaxStale != 15*time.Minute || c.DNSTTL != 30*time.Second || c.ConsulQuery != upstream.QueryPlain {
 		t.Errorf("sticky key %q, max stale %v; want the variables' values", c.StickyKey, c.MaxStale)
 	}
 	if c.StateDir != "" {
@@ -140,6 +146,7 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--dns-ttl", "1500ms"}, nil, "--dns-ttl"},
 		{[]string{"--dns-ttl", "0s"}, nil, "--dns-ttl"},
 		{nil, map[string]string{"MESHLET_DNS_TTL": "2h"}, "MESHLET_DNS_TTL"},
+		{[]string{"--consul-query", "streaming"}, nil, `--consul-query: consul query mode "streaming": want default, plain, cached or stale`},
 	}
 	for _, tt := range tests {
 		_, err := ParseConfig(tt.args, env(tt.env), io.Discard)

@@ -27,6 +27,12 @@ type blockingQuery[T any] struct {
 	// live is told of every good answer, and aborts the fetch in flight
 	// when Consul stops answering. Nil: neither.
 	live *liveness
+	// fromCache, optional, reports whether the answer fetch just returned
+	// came from the agent's cache (?cached). Such an answer shows only
+	// that the agent answers, not that it reaches its servers: it is not
+	// told to live, so the liveness check keeps asking (see
+	// liveness.cachedAnswer).
+	fromCache func() bool
 	// answered is told of every good answer, before apply, with the number
 	// of failures just before it (0 when there was no outage). Optional.
 	answered func(afterFailures int)
@@ -79,7 +85,9 @@ func (q *blockingQuery[T]) run(ctx context.Context) {
 			}
 			continue
 		}
-		q.live.answered(time.Now())
+		if q.fromCache == nil || !q.fromCache() {
+			q.live.answered(time.Now())
+		}
 		if failures > 0 {
 			q.log.Info("consul answers again", "query", q.what, "failures", failures)
 		}
@@ -162,6 +170,10 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // The zero value is ready to use; a nil *liveness does nothing.
 type liveness struct {
 	lastOK atomic.Int64 // unix ns of Consul's last good answer; 0 before any
+	// down holds the liveness check's error from its failure until it, or
+	// a query answered by the servers, succeeds; nil while Consul answers.
+	// While it is set, an answer from the agent's cache is no answer.
+	down atomic.Pointer[error]
 
 	mu  sync.Mutex
 	gen context.Context // done when an abort ends the calls in flight
@@ -173,12 +185,35 @@ func (l *liveness) answered(t time.Time) {
 	if l == nil {
 		return
 	}
+	l.down.Store(nil)
 	for {
 		old := l.lastOK.Load()
 		if old >= t.UnixNano() || l.lastOK.CompareAndSwap(old, t.UnixNano()) {
 			return
 		}
 	}
+}
+
+// cachedAnswer checks an answer of the agent's cache (q.UseCache): it is
+// the agent's last word from its servers, good to route on, but the agent
+// gives it as readily when it has lost them (a partition), and its age
+// (X-Cache/Age) stays above zero for up to 30 s after it found them again
+// (a leader lost). So the liveness check, which the servers answer,
+// decides: while it fails, a cached answer is a failure. Nil for any
+// other answer.
+func (l *liveness) cachedAnswer(q *api.QueryOptions, meta *api.QueryMeta) error {
+	if l == nil || !q.UseCache {
+		return nil
+	}
+	down := l.down.Load()
+	if down == nil {
+		return nil
+	}
+	age := ""
+	if meta != nil && meta.CacheAge > 0 {
+		age = fmt.Sprintf(" (not refreshed for %v)", meta.CacheAge.Round(time.Millisecond))
+	}
+	return fmt.Errorf("the consul agent answers only from its cache%s: it cannot reach its servers (%w)", age, *down)
 }
 
 // lastAnswer returns when Consul last answered well; zero before any.
@@ -265,6 +300,7 @@ func (l *liveness) run(ctx context.Context, ping func(context.Context) error, ev
 			l.answered(time.Now())
 		case isStatus && status.Code < 500:
 			// Consul answers, if with an error: it does not hang.
+			l.down.Store(nil)
 		case l.lastAnswer().After(start):
 			// A query answered while the ping waited: a slow Consul, not a
 			// hung one. Aborting would send every watch back at once.
@@ -285,6 +321,7 @@ func (l *liveness) run(ctx context.Context, ping func(context.Context) error, ev
 					"err", err, "after", time.Since(start).Round(time.Millisecond))
 			}
 			silent = true
+			l.down.Store(&err)
 			l.abort(err)
 			if !sleepCtx(ctx, every) {
 				return

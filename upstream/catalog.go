@@ -77,13 +77,15 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 		}, m.cfg.PingEvery, m.cfg.CallTimeout, m.log)
 	}()
 	defer func() { <-pingDone }()
+	var cached bool // the last answer came from the agent's cache
 	q := &blockingQuery[map[string][]string]{
 		what: catalogQuery,
 		fetch: func(ctx context.Context, waitIndex uint64) (map[string][]string, uint64, error) {
 			opts := m.cfg.QueryMode.options(true, waitIndex, c.waitTime).WithContext(ctx)
+			cached = opts.UseCache
 			services, meta, err := c.source.Services(opts)
 			if err == nil {
-				err = staleCache(opts, meta)
+				err = c.live.cachedAnswer(opts, meta)
 			}
 			if err != nil {
 				return nil, 0, fmt.Errorf("listing services in the consul catalog: %w", consulerr.Explain(err))
@@ -94,6 +96,7 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 		waitTime:    c.waitTime,
 		callTimeout: m.cfg.CallTimeout,
 		live:        &c.live,
+		fromCache:   func() bool { return cached },
 		answered:    func(int) { c.answeredAgain(m) },
 		lostState:   func() { c.lostState(m) },
 		apply:       func(services map[string][]string) { c.apply(services, m) },

@@ -1,6 +1,7 @@
 package upstream_test
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -170,6 +171,55 @@ func TestLivenessCheckFailingIsFailStatic(t *testing.T) {
 	}
 	fc.SetFailing(upstreamtest.LeaderPath, false)
 	fc.SetHolding(upstreamtest.CatalogPath, false)
+	fc.SetHolding(upstreamtest.HealthPath("web"), false)
+	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
+}
+
+// By default the catalog comes from the agent's cache, which a client
+// agent cut off from its servers keeps answering from, at once and
+// without an error, whenever its cache changes or a query restarts. Those
+// answers must neither keep the liveness check from asking nor end the
+// outage: the partition is fail-static within PingEvery and CallTimeout,
+// named in Status, and ends when the servers answer again.
+func TestCachedCatalogDoesNotHideAPartition(t *testing.T) {
+	a := upstreamtest.WhoAmI(t, "a")
+	fc, m, front := webMesh(t, func(c *upstream.Config) {
+		c.PingEvery = 200 * time.Millisecond // ten catalog answers between two checks
+	}, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
+	c := upstreamtest.Client(front)
+	if status, _, _ := upstreamtest.Do(t, c, http.MethodGet, ""); status != http.StatusOK {
+		t.Fatalf("before the partition: %d", status)
+	}
+	upstreamtest.Eventually(t, "the catalog", func() bool { ok, _ := m.CatalogReady(); return ok })
+	done := make(chan struct{})
+	churned := make(chan struct{})
+	go func() { // changes elsewhere in the cluster, answered from the cache
+		defer close(churned)
+		for i := uint64(2); ; i++ {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+				fc.SetCatalog(i, "web", fmt.Sprintf("other-%d", i%3))
+			}
+		}
+	}()
+	defer func() { close(done); <-churned }()
+	fc.SetHolding(upstreamtest.HealthPath("web"), true) // the agent's stream has nothing new
+	fc.SetFailing(upstreamtest.LeaderPath, true)
+	upstreamtest.Eventually(t, "fail-static in Status", func() bool {
+		return statusHas(m, "fail-static: consul unreachable for") && statusHas(m, "the consul agent answers only from its cache")
+	})
+	for range 10 {
+		if !statusHas(m, "fail-static") {
+			t.Fatalf("fail-static ended during the partition: %q", m.Status())
+		}
+		if status, _, h := upstreamtest.Do(t, c, http.MethodGet, ""); status != http.StatusOK || h.Get("X-Instance") != "a" {
+			t.Fatalf("during the partition: %d from %q, want the last good instance", status, h.Get("X-Instance"))
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	fc.SetFailing(upstreamtest.LeaderPath, false)
 	fc.SetHolding(upstreamtest.HealthPath("web"), false)
 	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
 }

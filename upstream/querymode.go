@@ -13,21 +13,23 @@ import (
 type QueryMode string
 
 const (
-	// QueryDefault sends plain blocking queries, which a Consul client
-	// agent (1.10 and later, unless use_streaming_backend is off) serves
-	// for a service's instances from its streaming subscription: one per
-	// agent and service, whatever the number of sidecars. The catalog is
-	// not asked ?cached: after its agent lost its servers for a moment
-	// (a leader lost), the cache reports its answers as stale for up to
-	// 30 s, the only sign of a partition it gives (see staleCache).
+	// QueryDefault asks for the catalog's names from the agent's cache
+	// (?cached): the agent refreshes it with one blocking query to the
+	// servers for all its sidecars, so a change of a service nobody on the
+	// host watches costs the servers nothing per sidecar. A service's
+	// instances are asked with a plain blocking query, which a Consul
+	// client agent (1.10 and later, unless use_streaming_backend is off)
+	// serves from its streaming subscription: one per agent and service.
+	// A cached answer counts only while the agent reaches its servers, as
+	// the liveness check tells (see liveness.cachedAnswer).
 	QueryDefault QueryMode = ""
 	// QueryPlain sends plain blocking queries for both: each sidecar's
 	// catalog query is a request to the servers, woken by every change of
 	// the catalog.
 	QueryPlain QueryMode = "plain"
-	// QueryCached asks the agent's cache (?cached) for both: the fewest
-	// requests to the servers, but a moment without servers makes the
-	// watches fail for up to 30 s (see staleCache).
+	// QueryCached asks the agent's cache (?cached) for both (the agent
+	// streams the instances when it streams, and otherwise refreshes
+	// them with one blocking query per service).
 	QueryCached QueryMode = "cached"
 	// QueryStale lets any server answer (?stale), not only the leader.
 	QueryStale QueryMode = "stale"
@@ -39,31 +41,20 @@ func ParseQueryMode(s string) (QueryMode, error) {
 	case QueryDefault, QueryPlain, QueryCached, QueryStale:
 		return m, nil
 	}
-	return "", fmt.Errorf("consul query mode %q: want plain, cached or stale (or empty for the default)", s)
+	return "", fmt.Errorf("consul query mode %q: want default, plain, cached or stale", s)
 }
 
 // options returns the options of one query: of the catalog, or of a
-// service's instances (the same today).
-func (m QueryMode) options(_ bool, waitIndex uint64, wait time.Duration) *api.QueryOptions {
+// service's instances.
+func (m QueryMode) options(catalog bool, waitIndex uint64, wait time.Duration) *api.QueryOptions {
 	q := &api.QueryOptions{WaitIndex: waitIndex, WaitTime: wait}
 	switch m {
+	case QueryDefault:
+		q.UseCache = catalog
 	case QueryCached:
 		q.UseCache = true
 	case QueryStale:
 		q.AllowStale = true
 	}
 	return q
-}
-
-// staleCache fails an answer from the agent's cache that the agent could
-// not keep fresh: for the background-refreshed kinds (the catalog, the
-// instances), Consul reports an age only while its refresh fails, from
-// the first failure on, which is when the agent lost its servers. Without
-// this, a partitioned agent would answer from its cache, with no error,
-// for as long as it lasts.
-func staleCache(q *api.QueryOptions, meta *api.QueryMeta) error {
-	if q.UseCache && meta != nil && meta.CacheAge > 0 {
-		return fmt.Errorf("the consul agent answers from its cache, which it has failed to refresh for %v: it cannot reach its servers", meta.CacheAge.Round(time.Millisecond))
-	}
-	return nil
 }

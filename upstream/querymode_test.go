@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +15,7 @@ func TestQueryModeOptions(t *testing.T) {
 		catalog                    bool
 		wantCache, wantStale, fail bool
 	}{
-		{QueryDefault, true, false, false, false},
+		{QueryDefault, true, true, false, false},   // the agent's cache, one refresh per agent
 		{QueryDefault, false, false, false, false}, // the agent streams it
 		{QueryPlain, true, false, false, false},
 		{QueryCached, false, true, false, false},
@@ -33,20 +35,44 @@ func TestQueryModeOptions(t *testing.T) {
 	}
 }
 
-func TestStaleCacheIsAFailure(t *testing.T) {
+// A cached answer is an answer while the liveness check passes, whatever
+// its age (after a leader loss the age stays above zero for up to 30 s),
+// and a failure while it fails (a partitioned agent answers from its
+// cache).
+func TestCachedAnswerCountsOnlyWhileTheServersAnswer(t *testing.T) {
 	cached := &api.QueryOptions{UseCache: true}
+	aged := &api.QueryMeta{CacheHit: true, CacheAge: 3 * time.Second}
 	for _, tc := range []struct {
+		name string
 		q    *api.QueryOptions
 		meta *api.QueryMeta
-		fail bool
+		down bool
+		want string // in the error; "" for none
 	}{
-		{cached, &api.QueryMeta{CacheHit: true}, false},
-		{cached, &api.QueryMeta{CacheHit: true, CacheAge: 3 * time.Second}, true},
-		{&api.QueryOptions{}, &api.QueryMeta{CacheAge: 3 * time.Second}, false},
-		{cached, nil, false},
+		{"fresh", cached, &api.QueryMeta{CacheHit: true}, false, ""},
+		{"aged, servers answer", cached, aged, false, ""},
+		{"fresh, liveness fails", cached, &api.QueryMeta{CacheHit: true}, true, "answers only from its cache: it cannot reach its servers (no known consul servers)"},
+		{"aged, liveness fails", cached, aged, true, "answers only from its cache (not refreshed for 3s): it cannot reach its servers"},
+		{"not cached, liveness fails", &api.QueryOptions{}, aged, true, ""},
+		{"no meta", cached, nil, true, "only from its cache: it"},
 	} {
-		if err := staleCache(tc.q, tc.meta); (err != nil) != tc.fail {
-			t.Errorf("staleCache(%+v, %+v) = %v", tc.q, tc.meta, err)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			var l liveness
+			if tc.down {
+				err := errors.New("no known consul servers")
+				l.down.Store(&err)
+			}
+			err := l.cachedAnswer(tc.q, tc.meta)
+			if (err != nil) != (tc.want != "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("cachedAnswer = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	var l liveness
+	err := errors.New("down")
+	l.down.Store(&err)
+	l.answered(time.Now())
+	if err := l.cachedAnswer(cached, aged); err != nil {
+		t.Errorf("after an answer of the servers: %v", err)
 	}
 }

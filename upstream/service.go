@@ -74,15 +74,17 @@ func (w *serviceWatch) selector(p *Policy) Selector {
 func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 	what := fmt.Sprintf("health of %q", w.name)
 	lostState := false // told by the query, used by the next apply
+	cached := false    // the last answer came from the agent's cache
 	q := &blockingQuery[[]*api.ServiceEntry]{
 		what: what,
 		fetch: func(ctx context.Context, waitIndex uint64) ([]*api.ServiceEntry, uint64, error) {
 			opts := m.cfg.QueryMode.options(false, waitIndex, m.cfg.WaitTime).WithContext(ctx)
+			cached = opts.UseCache
 			// Every registered instance, not only passing ones: panic
 			// routing needs them, and a 503 can say they are all critical.
 			entries, meta, err := m.health.Service(w.name, "", false, opts)
 			if err == nil {
-				err = staleCache(opts, meta)
+				err = m.catalog.live.cachedAnswer(opts, meta)
 			}
 			if err != nil {
 				return nil, 0, fmt.Errorf("asking consul for the instances of %q: %w", w.name, consulerr.Explain(err))
@@ -93,6 +95,7 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 		waitTime:    m.cfg.WaitTime,
 		callTimeout: m.cfg.CallTimeout,
 		live:        &m.catalog.live,
+		fromCache:   func() bool { return cached },
 		answered:    func(int) { w.answeredAgain(what, m) },
 		lostState: func() {
 			lostState = true

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -47,8 +48,9 @@ type mode struct {
 }
 
 var modes = []mode{
-	{"streaming", upstream.QueryDefault, true},    // meshlet's default: plain blocking queries, the agent streams health
-	{"stream+cached", upstream.QueryCached, true}, // health streamed, catalog from the agent's cache
+	{"default", upstream.QueryDefault, true},      // meshlet's default: the catalog from the agent's cache, health streamed by the agent
+	{"streaming", upstream.QueryPlain, true},      // plain blocking queries, the agent streams health: the catalog a blocking RPC per sidecar
+	{"stream+cached", upstream.QueryCached, true}, // both ?cached, health streamed
 	{"cached", upstream.QueryCached, false},
 	{"stale", upstream.QueryStale, false},
 	{"plain", upstream.QueryPlain, false}, // every query a blocking RPC to the servers
@@ -56,10 +58,11 @@ var modes = []mode{
 
 func main() {
 	ns := flag.String("n", "100,300,1000", "numbers of sidecars")
-	only := flag.String("modes", "", "modes to run (default all): plain,stale,cached,streaming,stream+cached")
+	only := flag.String("modes", "", "modes to run (default all): default,streaming,stream+cached,cached,stale,plain")
 	perAgent := flag.Int("per-agent", 25, "sidecars per client agent (as on one host); agents are added as N grows")
 	changes := flag.Int("changes", 20, "changes per phase")
 	every := flag.Duration("every", 500*time.Millisecond, "time between changes")
+	converge := flag.Duration("converge", 120*time.Second, "how long all N sidecars may take to see every instance at start")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("consulscale: run as root (it makes network namespaces)")
@@ -71,9 +74,10 @@ func main() {
 	}
 	fmt.Printf("# consulscale: %d sidecars per client agent, %d services (each sidecar watches %d), %d instances each; %d changes per phase, one every %v\n",
 		*perAgent, services, perSidecar, instancesOf, *changes, *every)
-	fmt.Printf("# per change: requests to the servers (consul_rpc_request + consul_rpc_query), bytes through the servers' interfaces, servers' CPU; idle cost of the same time subtracted\n")
-	fmt.Println("| N | mode | watched: rpc/change | bytes/change | CPU ms/change | staleness p50 / p99 / max | unrelated: rpc/change | bytes/change | CPU ms/change |")
-	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	fmt.Printf("# per change: requests to the servers (consul_rpc_request + consul_rpc_query, less the sidecars' liveness checks), bytes through the servers' interfaces, servers' CPU; idle cost of the same time subtracted\n")
+	fmt.Printf("# idle: requests to the servers per second with no change, and the sidecars' liveness checks (/v1/status/leader, each a request to a server) among them\n")
+	fmt.Println("| N | mode | watched: rpc/change | bytes/change | CPU ms/change | staleness p50 / p99 / max | unrelated: rpc/change | bytes/change | CPU ms/change | idle: rpc/s (pings/s) |")
+	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, md := range modes {
 		if *only != "" && !slices.Contains(strings.Split(*only, ","), md.name) {
 			continue
@@ -86,7 +90,7 @@ func main() {
 			}
 			counts = append(counts, n)
 		}
-		if err := runMode(md, consul, counts, *perAgent, *changes, *every); err != nil {
+		if err := runMode(md, consul, counts, *perAgent, *changes, *every, *converge); err != nil {
 			log.Fatalf("mode %s: %v", md.name, err)
 		}
 	}
@@ -109,9 +113,12 @@ type world struct {
 	c     *clusterlab.Cluster
 	sides []*clusterlab.Agent // where the sidecars' clients connect
 	inst  *clusterlab.Agent   // where the instances are registered
+	// pings counts the sidecars' liveness checks (/v1/status/leader), each
+	// a request to a server, so that they can be told from the watches'.
+	pings atomic.Int64
 }
 
-func runMode(md mode, consul string, counts []int, perAgent, changes int, every time.Duration) error {
+func runMode(md mode, consul string, counts []int, perAgent, changes int, every, converge time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	opts := clusterlab.Options{
@@ -142,7 +149,7 @@ func runMode(md mode, consul string, counts []int, perAgent, changes int, every 
 			}
 			w.sides = append(w.sides, a)
 		}
-		if err := w.measure(ctx, md, n, changes, every); err != nil {
+		if err := w.measure(ctx, md, n, changes, every, converge); err != nil {
 			return err
 		}
 	}
@@ -173,7 +180,7 @@ type sidecar struct {
 // measure runs n sidecars, waits until all see every instance, then
 // measures an idle period, changes to watched services and changes to an
 // unwatched one.
-func (w *world) measure(ctx context.Context, md mode, n, changes int, every time.Duration) error {
+func (w *world) measure(ctx context.Context, md mode, n, changes int, every, converge time.Duration) error {
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var transports []*http.Transport
@@ -196,6 +203,7 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every time
 		cfg.Transport.DialContext = a.Host.DialContext
 		cfg.Transport.Proxy = nil
 		transports = append(transports, cfg.Transport)
+		cfg.HttpClient = &http.Client{Transport: countPings{cfg.Transport, &w.pings}}
 		client, err := api.NewClient(cfg)
 		if err != nil {
 			return err
@@ -217,7 +225,7 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every time
 			m.Watch(name)
 		}
 	}
-	if err := waitAll(ctx, sides, 120*time.Second, func(sc *sidecar) bool {
+	if err := waitAll(ctx, sides, converge, func(sc *sidecar) bool {
 		for _, name := range sc.watches {
 			if len(sc.mesh.Endpoints(name)) != instancesOf {
 				return false
@@ -234,7 +242,7 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every time
 				ready++
 			}
 		}
-		fmt.Printf("| %d | %s | only %d of %d sidecars saw every instance within 120 s | | | | | | |\n", n, md.name, ready, n)
+		fmt.Printf("| %d | %s | only %d of %d sidecars saw every instance within %v | | | | | | | |\n", n, md.name, ready, n, converge)
 		return nil
 	}
 	time.Sleep(3 * time.Second) // let the start's burst pass
@@ -285,10 +293,11 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every time
 	}
 	a, b := watched.minus(idle), unrelated.minus(idle)
 	slices.Sort(stale)
-	fmt.Printf("| %d | %s | %.1f | %.0f | %.1f | %s / %s / %s | %.1f | %.0f | %.1f |\n", n, md.name,
+	fmt.Printf("| %d | %s | %.1f | %.0f | %.1f | %s / %s / %s | %.1f | %.0f | %.1f | %.0f (%.0f) |\n", n, md.name,
 		a.rpc/float64(changes), a.bytes/float64(changes), a.cpu.Seconds()*1000/float64(changes),
 		pct(stale, 50), pct(stale, 99), pct(stale, 100),
-		b.rpc/float64(changes), b.bytes/float64(changes), b.cpu.Seconds()*1000/float64(changes))
+		b.rpc/float64(changes), b.bytes/float64(changes), b.cpu.Seconds()*1000/float64(changes),
+		(idle.rpc+idle.pings)/idle.dur.Seconds(), idle.pings/idle.dur.Seconds())
 	return nil
 }
 
@@ -333,6 +342,19 @@ func staleness(ctx context.Context, ws []*sidecar, name string, want int, at tim
 	return out
 }
 
+// countPings counts the liveness checks a sidecar's client sends.
+type countPings struct {
+	next http.RoundTripper
+	n    *atomic.Int64
+}
+
+func (c countPings) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/v1/status/leader" {
+		c.n.Add(1)
+	}
+	return c.next.RoundTrip(r)
+}
+
 func waitAll(ctx context.Context, sides []*sidecar, limit time.Duration, ok func(*sidecar) bool) error {
 	return meshlab.Poll(ctx, limit, "every sidecar", func() error {
 		for i, sc := range sides {
@@ -352,14 +374,27 @@ func pct(d []time.Duration, p int) string {
 	return d[i].Round(time.Millisecond).String()
 }
 
-// cost is what the servers spent in one period.
+// cost is what the servers spent in one period. rpc leaves out the
+// sidecars' liveness checks, counted in pings: fewer of them are sent
+// while watches answer, which would make a period of changes look
+// cheaper than an idle one.
 type cost struct {
-	rpc, bytes float64
-	cpu        time.Duration
+	rpc, pings, bytes float64
+	cpu               time.Duration
+	dur               time.Duration // of the period
 }
 
+// minus subtracts the idle cost b, scaled to a's period: the changes'
+// period lasts longer, until every watcher saw the last change.
 func (a cost) minus(b cost) cost {
-	return cost{rpc: max(a.rpc-b.rpc, 0), bytes: max(a.bytes-b.bytes, 0), cpu: max(a.cpu-b.cpu, 0)}
+	f := 1.0
+	if b.dur > 0 {
+		f = a.dur.Seconds() / b.dur.Seconds()
+	}
+	return cost{
+		rpc: max(a.rpc-f*b.rpc, 0), pings: a.pings - f*b.pings, bytes: max(a.bytes-f*b.bytes, 0),
+		cpu: max(a.cpu-time.Duration(f*float64(b.cpu)), 0), dur: a.dur,
+	}
 }
 
 // sample runs f and returns the servers' cost meanwhile.
@@ -368,20 +403,23 @@ func (w *world) sample(ctx context.Context, f func() error) (cost, error) {
 	if err != nil {
 		return cost{}, err
 	}
+	start := time.Now()
 	if err := f(); err != nil {
 		return cost{}, err
 	}
+	dur := time.Since(start)
 	after, err := w.counters(ctx)
 	if err != nil {
 		return cost{}, err
 	}
-	return cost{rpc: after.rpc - before.rpc, bytes: after.bytes - before.bytes, cpu: after.cpu - before.cpu}, nil
+	pings := after.pings - before.pings
+	return cost{rpc: after.rpc - before.rpc - pings, pings: pings, bytes: after.bytes - before.bytes, cpu: after.cpu - before.cpu, dur: dur}, nil
 }
 
 // counters reads the servers' cumulative RPC counts, interface bytes and
 // CPU time.
 func (w *world) counters(ctx context.Context) (cost, error) {
-	var total cost
+	total := cost{pings: float64(w.pings.Load())}
 	for _, s := range w.c.Servers {
 		rpc, err := promCounters(ctx, s)
 		if err != nil {
