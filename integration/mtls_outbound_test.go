@@ -59,24 +59,33 @@ func addConnectInstance(t *testing.T, w *meshlab.World, service, name string, me
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if ci.proxy, err = h.Start("consul-proxy", []string{"CONSUL_HTTP_ADDR=" + w.ConsulAddr()}, w.Bins.Consul,
-		"connect", "proxy", "-sidecar-for", name); err != nil {
-		t.Fatal(err)
-	}
+	ci.startProxy(t, w)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("%s's consul connect proxy log:\n%s", name, lastLines(ci.proxy.Output(), 20))
 		}
 	})
+	return ci
+}
+
+// startProxy starts Consul's proxy for ci and waits until it listens
+// (it listens once it has its certificates).
+func (ci *connectInstance) startProxy(t *testing.T, w *meshlab.World) {
+	t.Helper()
+	var err error
+	if ci.proxy, err = ci.host.Start("consul-proxy", []string{"CONSUL_HTTP_ADDR=" + w.ConsulAddr()}, w.Bins.Consul,
+		"connect", "proxy", "-sidecar-for", ci.name); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := meshlab.Poll(ctx, 20*time.Second, name+"'s proxy to listen", func() error {
+	if err := meshlab.Poll(ctx, 20*time.Second, ci.name+"'s proxy to listen", func() error {
 		select {
 		case <-ci.proxy.Done():
 			return meshlab.StopPolling(fmt.Errorf("consul connect proxy exited: %s", meshlab.Tail(ci.proxy.Output())))
 		default:
 		}
-		c, err := h.DialContext(ctx, "tcp", h.IP.String()+":21000")
+		c, err := ci.host.DialContext(ctx, "tcp", ci.host.IP.String()+":21000")
 		if err != nil {
 			return err
 		}
@@ -84,7 +93,6 @@ func addConnectInstance(t *testing.T, w *meshlab.World, service, name string, me
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return ci
 }
 
 // appCount is how many requests for / the app behind ci has served.
@@ -352,18 +360,40 @@ func TestMTLSOutboundToConsulProxies(t *testing.T) {
 }
 
 // Strict mode: a service with Connect sidecars is reached over mTLS, one
-// with plaintext instances only gets a fast 503 that says why.
+// with plaintext instances only gets a fast 503 that says why. The
+// sidecar restarts: the connection meshlet kept alive to it is closed,
+// and the app's next POST, which meshlet never sends twice, goes on a new
+// one and reaches the app behind it once.
 func TestMTLSOutboundStrict(t *testing.T) {
 	w := startWorld(t, meshlab.Options{Service: "plain", Instances: 1, NoMeshlet: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	addConnectInstance(t, w, "web", "web-1", nil)
+	web1 := addConnectInstance(t, w, "web", "web-1", nil)
 	waitConnectPassing(ctx, t, w, "web", 1)
 	startClientMeshlet(ctx, t, w, "strict")
 	vip := resolveVIP(t, w, "web.local")
 	waitMTLSEndpoints(ctx, t, w, vip, "web.local", 1)
 	if h := w.NewAppClient(vip, "web.local", false).Get(ctx, "/", ""); !h.OK() || h.Instance != "web-1" {
 		t.Errorf("strict, over mTLS: %+v", h)
+	}
+
+	served := web1.appCount(t)
+	web1.proxy.Kill()
+	web1.startProxy(t, w)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+vip.String()+"/echo", strings.NewReader("order-1"))
+	req.Host = "web.local"
+	if resp, err := w.App.HTTPClient(10 * time.Second).Do(req); err != nil {
+		t.Errorf("POST after the sidecar restarted: %v", err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(b) != "order-1" {
+			t.Errorf("POST after the sidecar restarted: %d %q %s, want the app's echo",
+				resp.StatusCode, b, resp.Header.Get("X-Meshlet-Error"))
+		}
+	}
+	if n := web1.appCount(t) - served; n != 1 {
+		t.Errorf("the POST reached the app %d times, want once", n)
 	}
 	plainVIP := resolveVIP(t, w, "plain.local")
 	c := w.NewAppClient(plainVIP, "plain.local", false)

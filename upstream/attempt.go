@@ -68,7 +68,9 @@ func DialFailure(addr string, err error) error { return &dialError{addr: addr, e
 // identity (connectdial.go), within the same connect timeout. Front-ends
 // make every instance connection here. A failure, the handshake's
 // included, says that nothing reached the instance, so that Retry may
-// send the request elsewhere, whatever its method.
+// send the request elsewhere, whatever its method. An mTLS connection
+// hands its TCP connection out through NetConn (twice: tls.Conn's, then
+// the layer under it), to be looked at, never read, while idle.
 func (m *Mesh) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	if w := m.destOf(addr); w != nil {
 		return m.dialConnect(ctx, addr, w)

@@ -188,6 +188,12 @@ type pendingWriter struct {
 	pending []byte
 }
 
+// NetConn is the TCP connection. With tls.Conn's NetConn, which returns
+// this writer, it lets a front-end look at the socket of an idle pooled
+// connection (h1's reuse check), where the sidecar's close_notify, FIN or
+// reset shows; never to read it: its bytes are TLS records.
+func (w *pendingWriter) NetConn() net.Conn { return w.Conn }
+
 func (w *pendingWriter) Write(b []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -23,7 +23,8 @@ type upConn struct {
 	rs        readSlices // rd's waits
 	w         upWriter   // bw writes through it
 	bw        *bufio.Writer
-	pk        peeker
+	pk        peeker  // c's own bytes: none under TLS, whose socket carries records
+	sock      *peeker // the socket under c, for the reuse check: &pk, or under TLS one of its own
 	idleSince time.Time
 	// deadline is the one armed on both directions by armSlice, while
 	// armed; anything else that sets one clears armed.
@@ -155,6 +156,11 @@ func (u *upPools) open(ctx context.Context, addr string, deadline time.Time) (*u
 	}
 	uc := &upConn{c: c}
 	uc.pk.init(c)
+	uc.sock = &uc.pk
+	if s := socketOf(c); s != c {
+		uc.sock = new(peeker)
+		uc.sock.init(s)
+	}
 	uc.w = upWriter{c: c, pk: &uc.pk, rd: &uc.rd, bufs: &u.bufs, armed: &uc.armed}
 	uc.bw = bufio.NewWriterSize(&uc.w, writeBufSize)
 	uc.rs.c, uc.rs.armed = c, &uc.armed

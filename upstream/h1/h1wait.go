@@ -152,8 +152,31 @@ func appGone(c net.Conn) bool {
 // alive reports whether an idle pooled connection can carry a request: it
 // is open and nothing is waiting on it. Bytes an instance sent while no
 // request was in flight would be taken for the next request's answer (net/
-// http's transport closes such connections too).
-func (c *upConn) alive() bool { return c.pk.peek() == peekEmpty }
+// http's transport closes such connections too). Under TLS it looks at the
+// socket: a record that came while idle is a close_notify or another alert
+// of a sidecar closing it, or bytes the instance should not have sent; a
+// request sent there would be lost with the connection, and a POST is not
+// sent again. The session tickets of TLS 1.3 come before the first answer
+// (the server sends them once it has the client's Finished, before it
+// reads a request) and were read with it.
+func (c *upConn) alive() bool { return c.sock.peek() == peekEmpty }
+
+// socketOf is the connection whose socket carries c: c itself, or, under
+// the TLS of Mesh.Dial's mTLS connections, the TCP connection that
+// NetConn hands out through the layers.
+func socketOf(c net.Conn) net.Conn {
+	for range 4 {
+		if _, ok := c.(syscall.Conn); ok {
+			return c
+		}
+		nc, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return c
+		}
+		c = nc.NetConn()
+	}
+	return c
+}
 
 // sliceEnd is the end of the slice of every that begins at now, or until
 // when it comes first (zero until: none; zero every: no slices).
