@@ -227,7 +227,7 @@ type udpWriter struct {
 	conn    *net.UDPConn
 	to      netip.AddrPort
 	addr    *net.UDPAddr // to, as the batch read it; nil in the one-datagram loop
-	out     []byte // pack buffer, reused
+	out     []byte       // pack buffer, reused
 	batched bool
 	reply   []byte // the reply held for the batch; nil when none
 }
