@@ -41,6 +41,7 @@ type lab struct {
 	w        *meshlab.World
 	dir      string // generated configuration
 	unbound  *netlab.Host
+	unboundP *netlab.Proc
 	nginx    *netlab.Proc
 	haproxy  *netlab.Proc
 	gomin    *netlab.Proc // bench/cmd/h1proto
@@ -204,6 +205,7 @@ func (l *lab) startUnbound(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.unboundP = p
 	return meshlab.Poll(ctx, 15*time.Second, "unbound to answer", func() error {
 		select {
 		case <-p.Done():
