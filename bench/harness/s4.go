@@ -51,6 +51,7 @@ const (
 type dnsperfResult struct {
 	qps       float64
 	completed int
+	cpu       time.Duration // dnsperf's own
 	lost      int
 	latencyUs float64
 	rcodes    map[string]int
@@ -87,11 +88,13 @@ func (l *lab) dnsperf(ctx context.Context, port, localPort int, data string, d t
 	if limit > 0 {
 		argv = append(argv, "-Q", strconv.Itoa(int(limit)))
 	}
-	out, err := runIn(ctx, l.w.App, time.Duration(secs)*time.Second+30*time.Second, pinned(l.loadCPU, argv...)...)
+	out, cpu, err := runInCPU(ctx, l.w.App, time.Duration(secs)*time.Second+30*time.Second, pinned(l.loadCPU, argv...)...)
 	if err != nil {
 		return dnsperfResult{}, err
 	}
-	return parseDnsperf(out)
+	r, err := parseDnsperf(out)
+	r.cpu = cpu
+	return r, err
 }
 
 // runS4 measures DNS: mesh names answered by meshlet, other names
@@ -226,19 +229,21 @@ func (l *lab) runDNS(ctx context.Context, rep *Report, targets []dnsTarget) erro
 					return fmt.Errorf("%s: %w", t.name, err)
 				}
 			}
-			var meshUs, unbUs float64
+			var meshUs, unbUs, perfUs float64
 			if res.completed > 0 {
 				meshUs = float64((procCPU(l.meshletPid()) - mesh0).Microseconds()) / float64(res.completed)
 				unbUs = float64((procCPU(l.unboundP.Cmd.Process.Pid) - unb0).Microseconds()) / float64(res.completed)
+				perfUs = float64(res.cpu.Microseconds()) / float64(res.completed)
 			}
-			l.log("S4 round %d %-36s %8.0f q/s  %5.0f µs avg  %d lost  CPU µs/query meshlet %.2f unbound %.2f",
-				r, t.name, res.qps, res.latencyUs, res.lost, meshUs, unbUs)
+			l.log("S4 round %d %-36s %8.0f q/s  %5.0f µs avg  %d lost  CPU µs/query meshlet %.2f unbound %.2f dnsperf %.2f",
+				r, t.name, res.qps, res.latencyUs, res.lost, meshUs, unbUs, perfUs)
 			if cfg.measured(r) {
 				row := rep.s4(t.name)
 				row.QPS = append(row.QPS, res.qps)
 				row.LatencyUs = append(row.LatencyUs, res.latencyUs)
 				row.MeshletUs = append(row.MeshletUs, meshUs)
 				row.UnboundUs = append(row.UnboundUs, unbUs)
+				row.DnsperfUs = append(row.DnsperfUs, perfUs)
 				row.Lost += res.lost
 				row.Reruns += reruns
 				for code, n := range res.rcodes {
