@@ -20,6 +20,9 @@ const (
 	// that meshlet and unbound both need.
 	s4ForwardedFixed = "meshlet → unbound at a fixed rate"
 	s4DirectFixed    = "unbound directly at a fixed rate"
+	// The mesh names asked of meshlet's own address, past the redirect:
+	// what the NAT of every query and reply costs.
+	s4MeshOwn = "meshlet: mesh names on its own address (no redirect)"
 	// With -meshlet-before: the earlier build on the same loads.
 	s4MeshBefore      = "meshlet-before: mesh names (*.local)"
 	s4ForwardedBefore = "meshlet-before → unbound: forwarded names"
@@ -82,8 +85,13 @@ func parseDnsperf(out string) (dnsperfResult, error) {
 // dnsperf runs one bounded dnsperf from the app host on the load core: one
 // socket, at most 100 queries outstanding, limit queries/s when > 0.
 func (l *lab) dnsperf(ctx context.Context, port, localPort int, data string, d time.Duration, limit float64) (dnsperfResult, error) {
+	return l.dnsperfAt(ctx, l.unbound.IP, port, localPort, data, d, limit)
+}
+
+// dnsperfAt is dnsperf to server instead of unbound's address.
+func (l *lab) dnsperfAt(ctx context.Context, server netip.Addr, port, localPort int, data string, d time.Duration, limit float64) (dnsperfResult, error) {
 	secs := max(1, int(d.Round(time.Second)/time.Second))
-	argv := []string{"dnsperf", "-s", l.unbound.IP.String(), "-p", strconv.Itoa(port), "-x", strconv.Itoa(localPort), "-d", data,
+	argv := []string{"dnsperf", "-s", server.String(), "-p", strconv.Itoa(port), "-x", strconv.Itoa(localPort), "-d", data,
 		"-l", strconv.Itoa(secs), "-T", "1", "-c", "1", "-q", "100", "-t", "1"}
 	if limit > 0 {
 		argv = append(argv, "-Q", strconv.Itoa(int(limit)))
@@ -114,6 +122,7 @@ func runS4(ctx context.Context, l *lab, rep *Report) error {
 		{name: s4Mesh, port: 53, localPort: dnsperfMeshPort, file: files.mesh, bin: l.meshletBin()},
 		{name: s4Forwarded, port: 53, localPort: dnsperfOutsidePort, file: files.outside, bin: l.meshletBin(), bypass: true},
 		{name: s4Direct, port: unboundDirect, localPort: dnsperfOutsidePort, file: files.outside},
+		{name: s4MeshOwn, server: meshletDNS.Addr(), port: int(meshletDNS.Port()), localPort: dnsperfMeshPort, file: files.mesh, bin: l.meshletBin()},
 	}
 	if b := l.cfg.MeshletBefore; b != "" {
 		targets = append(targets,
@@ -159,8 +168,12 @@ func runS4Fast(ctx context.Context, l *lab, rep *Report) error {
 	return l.runDNS(ctx, rep, targets)
 }
 
+// meshletDNS is where meshlet's DNS listens in the lab (its default).
+var meshletDNS = netip.MustParseAddrPort("127.0.0.1:15053")
+
 type dnsTarget struct {
 	name            string
+	server          netip.Addr // the invalid Addr: unbound's address
 	port, localPort int
 	file            string
 	limit           float64 // q/s; 0: as fast as it answers
@@ -213,7 +226,11 @@ func (l *lab) runDNS(ctx context.Context, rep *Report, targets []dnsTarget) erro
 				}
 			}
 			mesh0, unb0 := procCPU(l.meshletPid()), procCPU(l.unboundP.Cmd.Process.Pid)
-			res, err := l.dnsperf(ctx, t.port, t.localPort, t.file, cfg.S4Duration, t.limit)
+			server := t.server
+			if !server.IsValid() {
+				server = l.unbound.IP
+			}
+			res, err := l.dnsperfAt(ctx, server, t.port, t.localPort, t.file, cfg.S4Duration, t.limit)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
@@ -225,7 +242,7 @@ func (l *lab) runDNS(ctx context.Context, rep *Report, targets []dnsTarget) erro
 				limit := 0.85 * res.qps
 				l.log("S4 round %d %s: %d lost at %.0f q/s, again at %.0f", r, t.name, res.lost, res.qps, limit)
 				mesh0, unb0 = procCPU(l.meshletPid()), procCPU(l.unboundP.Cmd.Process.Pid)
-				if res, err = l.dnsperf(ctx, t.port, t.localPort, t.file, cfg.S4Duration, limit); err != nil {
+				if res, err = l.dnsperfAt(ctx, server, t.port, t.localPort, t.file, cfg.S4Duration, limit); err != nil {
 					return fmt.Errorf("%s: %w", t.name, err)
 				}
 			}
