@@ -50,5 +50,9 @@
 //     A or AAAA, at most an OPT without options) is answered from its bytes
 //     without unpacking; the reply is the same as the general path's. SRV
 //     questions, which may wait for Consul's first answer about the ports
-//     ([Services.LookupPorts]), go to a goroutine as forwarded ones do.
+//     ([Services.LookupPorts]), go to a goroutine.
+//   - A forwarded UDP query takes no goroutine: the loop sends the queries
+//     of one batch to the upstream together, and each upstream socket's
+//     reader reads replies in batches and sends them to their clients
+//     together; a timer per query fails it over to the next upstream.
 package dns

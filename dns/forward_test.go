@@ -1,6 +1,8 @@
 package dns
 
 import (
+	"context"
+	"fmt"
 	"net"
 	"slices"
 	"sync"
@@ -164,4 +166,45 @@ func serverAddr(s *Server, network string) string {
 		return s.TCPAddr().String()
 	}
 	return s.UDPAddr().String()
+}
+
+// A reply larger than a slot of the upstream reader's batch (an EDNS
+// answer over 4 KiB) reaches the client whole, from either UDP loop, and
+// the replies after it too.
+func TestForwardLargeUDPReply(t *testing.T) {
+	up := startUpstream(t, func(w mdns.ResponseWriter, r *mdns.Msg) {
+		m := new(mdns.Msg).SetReply(r)
+		if r.Question[0].Name == "big.example.org." {
+			for i := range 200 {
+				m.Answer = append(m.Answer, mustRR(fmt.Sprintf("big.example.org. 60 IN TXT \"record %03d of a reply that does not fit in 4 KiB\"", i)))
+			}
+		} else {
+			m.Answer = append(m.Answer, mustRR("small.example.org. 60 IN A 192.0.2.8"))
+		}
+		m.SetEdns0(65000, false)
+		_ = w.WriteMsg(m)
+	})
+	for _, single := range []bool{false, true} {
+		t.Run(fmt.Sprintf("single=%v", single), func(t *testing.T) {
+			s, err := NewServer(testConfig(newFakeServices(), up.addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.singleUDP = single
+			if err := s.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+			for range 2 {
+				q := question("big.example.org.", mdns.TypeTXT)
+				q.SetEdns0(65000, false)
+				if r := ask(t, "udp", s.UDPAddr().String(), q); r.Truncated || len(r.Answer) != 200 {
+					t.Fatalf("reply truncated=%v with %d answers, want all 200", r.Truncated, len(r.Answer))
+				}
+				if r := ask(t, "udp", s.UDPAddr().String(), question("small.example.org.", mdns.TypeA)); len(r.Answer) != 1 {
+					t.Fatalf("reply %v after the large one, want its answer", r)
+				}
+			}
+		})
+	}
 }

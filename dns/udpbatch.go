@@ -52,7 +52,7 @@ func isIPv6Socket(conn *net.UDPConn) bool {
 // fails (the kernel or the socket lacks recvmmsg, or x/net cannot wrap the
 // socket): the caller then serves one datagram at a time.
 func (u *udpServer) serveBatch(bc batchConn) error {
-	v6 := isIPv6Socket(u.conn)
+	v6 := u.v6
 	in := make([]ipv4.Message, udpBatchSize)
 	ws := make([]udpWriter, udpBatchSize) // the writer of each datagram's reply
 	bufs := make([]byte, udpBatchSize*udpReadSize)
@@ -80,7 +80,7 @@ func (u *udpServer) serveBatch(bc batchConn) error {
 			if !ok {
 				continue
 			}
-			w.to = from.AddrPort()
+			w.to, w.addr = from.AddrPort(), from
 			w.reply = nil
 			u.handle(w, m.Buffers[0][:m.N])
 			if w.reply == nil {
@@ -97,6 +97,7 @@ func (u *udpServer) serveBatch(bc batchConn) error {
 			replies.add(from, w.reply)
 		}
 		u.writeBatch(bc, replies)
+		u.flushSends()
 	}
 }
 
@@ -157,10 +158,13 @@ type replyGroup struct {
 // gsoMaxBytes keeps a GSO send under the 64 KiB of one IP packet.
 const gsoMaxBytes = 60000
 
-func newReplyGroups(gso bool) *replyGroups {
-	r := &replyGroups{gso: gso, groups: make([]replyGroup, udpBatchSize), out: make([]ipv4.Message, 0, udpBatchSize)}
+func newReplyGroups(gso bool) *replyGroups { return newReplyGroupsOf(gso, udpBatchSize) }
+
+// newReplyGroupsOf makes room for n replies.
+func newReplyGroupsOf(gso bool, n int) *replyGroups {
+	r := &replyGroups{gso: gso, groups: make([]replyGroup, n), out: make([]ipv4.Message, 0, n)}
 	for i := range r.groups {
-		r.groups[i].bufs = make([][]byte, 0, udpBatchSize)
+		r.groups[i].bufs = make([][]byte, 0, n)
 		r.groups[i].oob = make([]byte, 0, 64)
 	}
 	return r

@@ -35,6 +35,10 @@ type sharedUDPConn struct {
 	conn net.Conn
 	dead atomic.Bool // set once the socket failed or was closed
 
+	// batch reads and writes several datagrams per call (recvmmsg,
+	// sendmmsg); nil where the platform or the conn cannot.
+	batch batchConn
+
 	mu      sync.Mutex
 	waiting map[uint16]*waiter
 	err     error // why the socket is dead; guarded by mu
@@ -47,6 +51,10 @@ type waiter struct {
 	buf   []byte // where the reader copies the reply
 	done  chan waitResult
 	timer *time.Timer
+	// job, when set, is the UDP loop's query that waits without a
+	// goroutine: the reader hands it the reply itself (udpforward.go), and
+	// done, timer and buf are unused.
+	job *udpJob
 }
 
 type waitResult struct {
@@ -64,6 +72,9 @@ func newWaiter() *waiter {
 // reader.
 func newSharedUDPConn(conn net.Conn) *sharedUDPConn {
 	c := &sharedUDPConn{conn: conn, waiting: make(map[uint16]*waiter)}
+	if uc, ok := conn.(*net.UDPConn); ok {
+		c.batch = newBatchConn(uc)
+	}
 	go c.readLoop()
 	return c
 }
@@ -156,49 +167,73 @@ func (c *sharedUDPConn) forget(id uint16, w *waiter) bool {
 
 // readLoop hands replies to their waiters until the socket fails or closes.
 func (c *sharedUDPConn) readLoop() {
+	if c.batch != nil {
+		c.readBatches()
+		return
+	}
 	buf := make([]byte, maxMsgLen)
+	out := newForwardOutbox(1)
 	for {
 		n, err := c.conn.Read(buf)
 		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				// ICMP port unreachable: nothing listens upstream now.
-				// Every query waiting here was sent there, so let them
-				// all fail over at once; the socket stays usable.
-				c.fail(fmt.Errorf("reading: %w", err), false)
-				continue
+			if !c.readFailed(err) {
+				return
 			}
-			c.fail(fmt.Errorf("reading: %w", err), true)
-			return
+			continue
 		}
-		c.deliver(buf[:n])
+		if w := c.deliver(buf[:n]); w != nil {
+			out.add(w.job, buf[:n])
+			out.flush()
+		}
 	}
+}
+
+// readFailed deals with an error of a read and reports whether the
+// socket is still usable.
+func (c *sharedUDPConn) readFailed(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		// ICMP port unreachable: nothing listens upstream now. Every
+		// query waiting here was sent there, so let them all fail over at
+		// once; the socket stays usable.
+		c.fail(fmt.Errorf("reading: %w", err), false)
+		return true
+	}
+	c.fail(fmt.Errorf("reading: %w", err), true)
+	return false
 }
 
 // deliver hands msg to the waiter whose ID and question it carries. Anything
 // else (a query, a late reply to a query that gave up, a reply to another
-// question, a fragment) is dropped.
-func (c *sharedUDPConn) deliver(msg []byte) {
+// question, a fragment) is dropped. A waiter of the UDP loop (one with a
+// job) is returned instead, taken off the socket, for the caller to answer
+// outside the lock while msg is still valid; otherwise deliver returns nil.
+func (c *sharedUDPConn) deliver(msg []byte) *waiter {
 	if len(msg) < headerLen || msg[2]&0x80 == 0 {
-		return
+		return nil
 	}
 	id := binary.BigEndian.Uint16(msg)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	w, ok := c.waiting[id]
 	if !ok || !sameQuestion(w.query, msg) {
-		return
+		return nil
 	}
 	delete(c.waiting, id)
+	if w.job != nil {
+		return w
+	}
 	// Sent under the lock, so that forget either finds w or finds its
 	// result already in the channel.
 	w.done <- waitResult{n: copy(w.buf, msg)}
+	return nil
 }
 
 // fail ends every query waiting on the socket with err; with dead it also
-// closes the socket for good.
+// closes the socket for good. The UDP loop's queries are failed over after
+// the lock is released, since that may send on another socket.
 func (c *sharedUDPConn) fail(err error, dead bool) {
+	var jobs []*udpJob
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if dead && c.err == nil {
 		c.err = err
 		c.dead.Store(true)
@@ -206,7 +241,15 @@ func (c *sharedUDPConn) fail(err error, dead bool) {
 	}
 	for id, w := range c.waiting {
 		delete(c.waiting, id)
+		if w.job != nil {
+			jobs = append(jobs, w.job)
+			continue
+		}
 		w.done <- waitResult{err: err}
+	}
+	c.mu.Unlock()
+	for _, j := range jobs {
+		j.failed(err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
 )
 
 // maxForwardInflight bounds the UDP queries being forwarded at once. Beyond
@@ -27,13 +28,27 @@ type udpServer struct {
 	s    *Server
 	conn *net.UDPConn
 	fast *fastPath     // nil: every query takes the general path
-	sem  chan struct{} // one token per forwarding goroutine
+	sem  chan struct{} // one token per query forwarding (or waiting for services)
 	wg   sync.WaitGroup
 	done chan struct{} // closed when the read loop has returned
+
+	// bc writes batches on conn (nil in the one-datagram loop), v6 says
+	// conn is an IPv6 socket; both are set before the loop reads, and the
+	// upstream readers send forwarded replies with them.
+	bc batchConn
+	v6 bool
+
+	// The read loop's forwarding state (udpforward.go): the socket this
+	// batch's queries go out on, and the queries queued for it.
+	cur      *sharedUDPConn
+	sendQ    []queuedQuery
+	sendMsgs []ipv4.Message
+	sendBufs [][1][]byte
 }
 
 func newUDPServer(s *Server, conn *net.UDPConn) *udpServer {
-	u := &udpServer{s: s, conn: conn, sem: make(chan struct{}, s.forwardLimit), done: make(chan struct{})}
+	u := &udpServer{s: s, conn: conn, sem: make(chan struct{}, s.forwardLimit), done: make(chan struct{}),
+		sendMsgs: make([]ipv4.Message, 0, udpBatchSize), sendBufs: make([][1][]byte, udpBatchSize)}
 	fast, err := newFastPath(s.zones)
 	if err != nil {
 		// Zones are checked by NewServer, so this does not happen; the
@@ -49,11 +64,16 @@ func newUDPServer(s *Server, conn *net.UDPConn) *udpServer {
 // platform has recvmmsg/sendmmsg, one datagram per call where not.
 func (u *udpServer) serve() {
 	defer close(u.done)
+	u.v6 = isIPv6Socket(u.conn)
 	if bc := newBatchConn(u.conn); bc != nil && !u.s.singleUDP {
+		u.bc = bc
 		err := u.serveBatch(bc)
 		if err == nil {
 			return
 		}
+		// The first read failed: nothing was forwarded yet, so no
+		// reader uses bc.
+		u.bc = nil
 		u.s.log.Info("serving dns udp one datagram at a time", "reason", err.Error())
 	}
 	u.serveSingle()
@@ -76,6 +96,7 @@ func (u *udpServer) serveSingle() {
 		}
 		w.to = from
 		u.handle(w, buf[:n])
+		u.flushSends()
 	}
 }
 
@@ -141,17 +162,17 @@ func (u *udpServer) handle(w *udpWriter, b []byte) {
 		return
 	}
 	u.wg.Add(1)
+	if !wait {
+		u.forwardAsync(w, req)
+		return
+	}
 	fw := &udpWriter{conn: u.conn, to: w.to}
 	go func() {
 		defer func() {
 			<-u.sem
 			u.wg.Done()
 		}()
-		if wait {
-			u.s.answerMesh(fw, req, kind, zone, service)
-			return
-		}
-		u.s.forward(fw, req)
+		u.s.answerMesh(fw, req, kind, zone, service)
 	}()
 }
 
@@ -205,7 +226,8 @@ func (u *udpServer) shutdown(ctx context.Context) error {
 type udpWriter struct {
 	conn    *net.UDPConn
 	to      netip.AddrPort
-	out     []byte // pack buffer, reused
+	addr    *net.UDPAddr // to, as the batch read it; nil in the one-datagram loop
+	out     []byte       // pack buffer, reused
 	batched bool
 	reply   []byte // the reply held for the batch; nil when none
 }

@@ -24,7 +24,7 @@ import (
 type Config struct {
 	Runs      int      // measured runs of each scenario, targets alternating
 	NoWarmup  bool     // skip the discarded warm-up round
-	Scenarios []string // "s1", "s1fast", "s2", "s3", "s3fast", "s4".."s7", "profile"; empty: all
+	Scenarios []string // "s1", "s1fast", "s2", "s3", "s3fast", "s4", "s4fast", "s5".."s7", "profile"; empty: all
 
 	S1Duration  time.Duration // per wrk run; whole seconds
 	S1Conns     []int
@@ -51,7 +51,7 @@ type Config struct {
 	// with everything else the same).
 	MeshletBin string
 	// MeshletBefore, when set, is an earlier meshlet build measured as one
-	// more target ("meshlet-before") of S1, S2 and S3, taking turns with
+	// more target ("meshlet-before") of S1, S2, S3 and S4, taking turns with
 	// the tree's build in every round (meshlet is restarted to switch).
 	MeshletBefore string
 	// S1FastConns are the wrk connection counts of S1's proxy-bound
@@ -104,7 +104,7 @@ func Smoke() Config {
 	c.S6Settle = 200 * time.Millisecond
 	c.S6Duration = 500 * time.Millisecond
 	c.ProfileFor = time.Second
-	c.Scenarios = []string{"s1", "s1fast", "s2", "s3", "s3fast", "s4", "s6"}
+	c.Scenarios = []string{"s1", "s1fast", "s2", "s3", "s3fast", "s4", "s4fast", "s6"}
 	return c
 }
 
@@ -239,6 +239,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"s3", runS3},
 		{"s3fast", runS3Fast},
 		{"s4", runS4},
+		{"s4fast", runS4Fast},
 		{"s5", runS5}, // disruptive: kills and restarts an instance
 		{"s7", runS7}, // restarts meshlet with an identity, and back
 		{"profile", runProfile},

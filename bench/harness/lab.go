@@ -41,6 +41,7 @@ type lab struct {
 	w        *meshlab.World
 	dir      string // generated configuration
 	unbound  *netlab.Host
+	unboundP *netlab.Proc
 	nginx    *netlab.Proc
 	haproxy  *netlab.Proc
 	gomin    *netlab.Proc // bench/cmd/h1proto
@@ -204,6 +205,7 @@ func (l *lab) startUnbound(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.unboundP = p
 	return meshlab.Poll(ctx, 15*time.Second, "unbound to answer", func() error {
 		select {
 		case <-p.Done():
@@ -527,6 +529,13 @@ func (l *lab) waitEndpoints(ctx context.Context, n int, services ...string) erro
 // runIn runs argv in host's namespace with a deadline and returns stdout
 // (stderr is added to the error).
 func runIn(ctx context.Context, host *netlab.Host, limit time.Duration, argv ...string) (string, error) {
+	out, _, err := runInCPU(ctx, host, limit, argv...)
+	return out, err
+}
+
+// runInCPU is runIn that also returns the CPU time (user + system) the
+// command used (`ip netns exec` and taskset exec it in the same process).
+func runInCPU(ctx context.Context, host *netlab.Host, limit time.Duration, argv ...string) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cmd := host.Command(ctx, argv[0], argv[1:]...)
@@ -534,7 +543,7 @@ func runIn(ctx context.Context, host *netlab.Host, limit time.Duration, argv ...
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), host.Name, err, strings.TrimSpace(stderr.String()))
+		return string(out), 0, fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), host.Name, err, strings.TrimSpace(stderr.String()))
 	}
-	return string(out), nil
+	return string(out), cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
 }

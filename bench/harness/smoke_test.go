@@ -11,7 +11,7 @@ import (
 )
 
 // TestSmoke runs the harness on a real lab with tiny durations (S1 and its proxy-bound variant, S2,
-// S3 in both layouts, S4 and S6 once each, about 15 s), so that the scripts do not rot;
+// S3 and S4 in both layouts, S6 once each, about 15 s), so that the scripts do not rot;
 // the figures come from `make bench`, never from here. It needs root and
 // the tools of scripts/deps.sh: without them it is skipped, except under
 // CI=true, where it fails.
@@ -45,7 +45,8 @@ func TestSmoke(t *testing.T) {
 		`\| 1000 \| meshlet \| [1-9][0-9]* \| [0-9]+ \| [0-9]+ \|`,   // S2
 		`\| shared core \| meshlet \| [0-9]+\.[0-9]+ \| [0-9.]+× \|`, // S3
 		`\| proxy-bound \| meshlet \| [0-9]+\.[0-9]+ \| [0-9.]+× \|`,
-		`\| meshlet: mesh names \(\*\.local\) \| [1-9][0-9]* \|`, // S4
+		`\| meshlet: mesh names \(\*\.local\) \| [1-9][0-9]* \|`,                            // S4
+		`\| meshlet → unbound: forwarded names, unbound on the load core \| [1-9][0-9]* \|`, // S4 fast
 		`\| unbound directly \| [1-9][0-9]* \|`,
 		`\| idle \| [1-9][0-9.]* / [0-9.]+ \|`, // S6
 		`## Against the targets`,

@@ -3,7 +3,7 @@
 // tables of medians and ratios. It needs root and the tools that
 // scripts/deps.sh installs; `make bench` runs it.
 //
-//	meshbench [-runs 5] [-scenarios s1,s1fast,s2,s3,s3fast,s4,s5,s6,profile] [-smoke] [-out DIR]
+//	meshbench [-runs 5] [-scenarios s1,s1fast,s2,s3,s3fast,s4,s4fast,s5,s6,profile] [-smoke] [-out DIR]
 package main
 
 import (
@@ -25,7 +25,7 @@ import (
 func main() {
 	cfg := harness.Defaults()
 	smoke := flag.Bool("smoke", false, "the seconds-long CI run: every scenario once with tiny durations")
-	scenarios := flag.String("scenarios", "", "comma-separated subset of s1,s1fast,s2,s3,s3fast,s4,s5,s6,s7,profile (default: all)")
+	scenarios := flag.String("scenarios", "", "comma-separated subset of s1,s1fast,s2,s3,s3fast,s4,s4fast,s5,s6,s7,profile (default: all)")
 	flag.IntVar(&cfg.Runs, "runs", cfg.Runs, "measured runs per scenario, after a discarded warm-up")
 	flag.BoolVar(&cfg.NoWarmup, "no-warmup", false, "skip the warm-up round")
 	flag.DurationVar(&cfg.S1Duration, "s1-duration", cfg.S1Duration, "length of each wrk run (whole seconds)")
@@ -41,7 +41,7 @@ func main() {
 	flag.DurationVar(&cfg.ProfileFor, "profile-for", cfg.ProfileFor, "length of each profile")
 	env := flag.String("meshlet-env", "", "comma-separated VAR=value added to meshlet's environment (e.g. GOGC=200)")
 	flag.StringVar(&cfg.MeshletBin, "meshlet-bin", "", "measure this meshlet binary instead of one built from the tree (e.g. an earlier commit's, for before/after)")
-	flag.StringVar(&cfg.MeshletBefore, "meshlet-before", "", "also measure this earlier meshlet build, as target meshlet-before of S1, S2 and S3, taking turns with the tree's")
+	flag.StringVar(&cfg.MeshletBefore, "meshlet-before", "", "also measure this earlier meshlet build, as target meshlet-before of S1, S2, S3 and S4, taking turns with the tree's")
 	fastConns := flag.String("s1fast-conns", "16", "wrk connection counts of S1's proxy-bound variant (scenario s1fast)")
 	flag.BoolVar(&cfg.NoPin, "no-pin", false, "do not pin the load generator and the servers to separate cores")
 	flag.StringVar(&cfg.OutDir, "out", "", "directory for binaries, profiles, results.md and results.json (default: a temporary one, removed)")
