@@ -46,8 +46,8 @@ const (
 	s7TermChurnPort = 21444 // the same, closing every connection after its answer
 	s7TermPlainPort = 21080 // the same HAProxy, plaintext: the hop without TLS
 	s7ConsulPort    = 21000 // consul connect proxy -sidecar-for cweb-1
-	s7HAProxyPort   = 18091 // the client HAProxy, on the app's loopback
-	s7HAProxyChurn  = 18092
+	s7HAProxyPort   = 18097 // the client HAProxy, on the app's loopback
+	s7HAProxyChurn  = 18098
 )
 
 // S7Row is one target of S7: throughput at 16 keep-alive connections,
