@@ -123,13 +123,18 @@ func startLab(ctx context.Context, cfg Config, logf func(string, ...any)) (l *la
 			return l, fmt.Errorf("-meshlet-bin: %w", err)
 		}
 		logf("measuring %s instead of the meshlet built from this tree", cfg.MeshletBin)
-		l.bins.Meshlet = cfg.MeshletBin
+		if l.bins.Meshlet, err = keepBinary(cfg.MeshletBin, filepath.Join(bindir, "given")); err != nil {
+			return l, fmt.Errorf("-meshlet-bin: %w", err)
+		}
 	}
 	if cfg.MeshletBefore != "" {
 		if _, err := os.Stat(cfg.MeshletBefore); err != nil {
 			return l, fmt.Errorf("-meshlet-before: %w", err)
 		}
 		logf("measuring %s too, as meshlet-before", cfg.MeshletBefore)
+		if l.cfg.MeshletBefore, err = keepBinary(cfg.MeshletBefore, filepath.Join(bindir, "before")); err != nil {
+			return l, fmt.Errorf("-meshlet-before: %w", err)
+		}
 	}
 	if l.root, err = meshlab.RepoRoot(ctx); err != nil {
 		return l, err
@@ -546,4 +551,22 @@ func runInCPU(ctx context.Context, host *netlab.Host, limit time.Duration, argv 
 		return string(out), 0, fmt.Errorf("%s in %s: %w: %s", strings.Join(argv, " "), host.Name, err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out), cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+}
+
+// keepBinary copies an outside meshlet build into dir as "meshlet": the
+// results keep the binary they measured, and the process is named meshlet
+// whatever the file was called (the lab checks meshlet's pid by its name).
+func keepBinary(src, dir string) (string, error) {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(dir, "meshlet")
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
+		return "", fmt.Errorf("keeping a copy of %s: %w", src, err)
+	}
+	return dst, nil
 }
