@@ -184,6 +184,7 @@ func TestLivenessCheckFailingIsFailStatic(t *testing.T) {
 func TestCachedCatalogDoesNotHideAPartition(t *testing.T) {
 	a := upstreamtest.WhoAmI(t, "a")
 	fc, m, front := webMesh(t, func(c *upstream.Config) {
+		c.QueryMode = upstream.QueryCached   // the catalog from the agent's cache
 		c.PingEvery = 200 * time.Millisecond // ten catalog answers between two checks
 	}, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
 	c := upstreamtest.Client(front)

@@ -13,15 +13,16 @@ import (
 type QueryMode string
 
 const (
-	// QueryDefault asks for the catalog's names from the agent's cache
-	// (?cached): the agent refreshes it with one blocking query to the
-	// servers for all its sidecars, so a change of a service nobody on the
-	// host watches costs the servers nothing per sidecar. A service's
-	// instances are asked with a plain blocking query, which a Consul
-	// client agent (1.10 and later, unless use_streaming_backend is off)
-	// serves from its streaming subscription: one per agent and service.
-	// A cached answer counts only while the agent reaches its servers, as
-	// the liveness check tells (see liveness.cachedAnswer).
+	// QueryDefault sends plain blocking queries, which a Consul client
+	// agent (1.10 and later, unless use_streaming_backend is off) serves
+	// for a service's instances from its streaming subscription: one per
+	// agent and service. The catalog is not asked ?cached: Consul
+	// 1.14.11's agent cache of /v1/catalog/services was seen to keep its
+	// first answer while services registered (a dev agent, 2026-11-30:
+	// the index stayed at its first value, with X-Cache: HIT and Age: 0),
+	// so a new service's name would stay NXDOMAIN; bench/harness
+	// TestSmoke, which registers a service after meshlet started, failed
+	// with the catalog cached.
 	QueryDefault QueryMode = ""
 	// QueryPlain sends plain blocking queries for both: each sidecar's
 	// catalog query is a request to the servers, woken by every change of
@@ -49,8 +50,6 @@ func ParseQueryMode(s string) (QueryMode, error) {
 func (m QueryMode) options(catalog bool, waitIndex uint64, wait time.Duration) *api.QueryOptions {
 	q := &api.QueryOptions{WaitIndex: waitIndex, WaitTime: wait}
 	switch m {
-	case QueryDefault:
-		q.UseCache = catalog
 	case QueryCached:
 		q.UseCache = true
 	case QueryStale:

@@ -15,7 +15,7 @@ func TestQueryModeOptions(t *testing.T) {
 		catalog                    bool
 		wantCache, wantStale, fail bool
 	}{
-		{QueryDefault, true, true, false, false},   // the agent's cache, one refresh per agent
+		{QueryDefault, true, false, false, false},  // not the agent's cache: it missed new services (querymode.go)
 		{QueryDefault, false, false, false, false}, // the agent streams it
 		{QueryPlain, true, false, false, false},
 		{QueryCached, false, true, false, false},
