@@ -101,7 +101,7 @@ func settings(consulDefault string) []setting {
 				c.Consul = v
 				return nil
 			}},
-		{"consul-query", "MESHLET_CONSUL_QUERY", "default", "how the watches ask Consul: default (the catalog from the agent's cache, instances by blocking queries the agent streams), plain, cached or stale",
+		{"consul-query", "MESHLET_CONSUL_QUERY", "default", "how the watches ask Consul: default (blocking queries; the agent streams the instances), plain, cached (the instances from the agent's cache) or stale",
 			func(c *Config, v string) error {
 				if v == "default" {
 					v = ""

@@ -1,7 +1,6 @@
 package upstream_test
 
 import (
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -175,17 +174,21 @@ func TestLivenessCheckFailingIsFailStatic(t *testing.T) {
 	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
 }
 
-// By default the catalog comes from the agent's cache, which a client
-// agent cut off from its servers keeps answering from, at once and
-// without an error, whenever its cache changes or a query restarts. Those
-// answers must neither keep the liveness check from asking nor end the
-// outage: the partition is fail-static within PingEvery and CallTimeout,
-// named in Status, and ends when the servers answer again.
-func TestCachedCatalogDoesNotHideAPartition(t *testing.T) {
+// With --consul-query cached a service's instances come from the agent's
+// cache, which a client agent cut off from its servers keeps answering
+// from, at once and without an error, whenever its cache changes or a
+// query restarts. Those answers must neither keep the liveness check from
+// asking nor end the outage: the partition is fail-static within PingEvery
+// and CallTimeout, named in Status, and ends when the servers answer
+// again. (The catalog is never asked ?cached: querymode.go.)
+func TestCachedHealthDoesNotHideAPartition(t *testing.T) {
 	a := upstreamtest.WhoAmI(t, "a")
+	logs := &certstest.LogBuffer{}
 	fc, m, front := webMesh(t, func(c *upstream.Config) {
-		c.QueryMode = upstream.QueryCached   // the catalog from the agent's cache
-		c.PingEvery = 200 * time.Millisecond // ten catalog answers between two checks
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.QueryMode = upstream.QueryCached   // the instances from the agent's cache
+		c.PingEvery = 200 * time.Millisecond // ten cached answers between two checks
+		c.CallTimeout = time.Minute          // the catalog's held query does not fail during the test
 	}, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
 	c := upstreamtest.Client(front)
 	if status, _, _ := upstreamtest.Do(t, c, http.MethodGet, ""); status != http.StatusOK {
@@ -194,22 +197,26 @@ func TestCachedCatalogDoesNotHideAPartition(t *testing.T) {
 	upstreamtest.Eventually(t, "the catalog", func() bool { ok, _ := m.CatalogReady(); return ok })
 	done := make(chan struct{})
 	churned := make(chan struct{})
-	go func() { // changes elsewhere in the cluster, answered from the cache
+	go func() { // the cache answers the same instances again and again
 		defer close(churned)
-		for i := uint64(2); ; i++ {
+		for i := uint64(100); ; i++ {
 			select {
 			case <-done:
 				return
 			case <-time.After(20 * time.Millisecond):
-				fc.SetCatalog(i, "web", fmt.Sprintf("other-%d", i%3))
+				fc.SetHealth("web", i, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
 			}
 		}
 	}()
 	defer func() { close(done); <-churned }()
-	fc.SetHolding(upstreamtest.HealthPath("web"), true) // the agent's stream has nothing new
+	fc.SetHolding(upstreamtest.CatalogPath, true) // a plain blocking query waits
 	fc.SetFailing(upstreamtest.LeaderPath, true)
-	upstreamtest.Eventually(t, "fail-static in Status", func() bool {
-		return statusHas(m, "fail-static: consul unreachable for") && statusHas(m, "the consul agent answers only from its cache")
+	// The catalog's plain query fails with the liveness check; the cached
+	// answers of the instances must fail too: taken as answers, they would
+	// tell the liveness check that Consul lives, and end the outage.
+	cachedFailure := `query="health of \"web\"" err="asking consul for the instances of \"web\": the consul agent answers only from its cache: it cannot reach its servers`
+	upstreamtest.Eventually(t, "fail-static in Status, cached answers failing", func() bool {
+		return statusHas(m, "fail-static: consul unreachable for") && strings.Contains(logs.String(), cachedFailure)
 	})
 	for range 10 {
 		if !statusHas(m, "fail-static") {
@@ -221,6 +228,6 @@ func TestCachedCatalogDoesNotHideAPartition(t *testing.T) {
 		time.Sleep(30 * time.Millisecond)
 	}
 	fc.SetFailing(upstreamtest.LeaderPath, false)
-	fc.SetHolding(upstreamtest.HealthPath("web"), false)
+	fc.SetHolding(upstreamtest.CatalogPath, false)
 	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
 }

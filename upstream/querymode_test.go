@@ -15,10 +15,11 @@ func TestQueryModeOptions(t *testing.T) {
 		catalog                    bool
 		wantCache, wantStale, fail bool
 	}{
-		{QueryDefault, true, false, false, false},  // not the agent's cache: it missed new services (querymode.go)
+		{QueryDefault, true, false, false, false},
 		{QueryDefault, false, false, false, false}, // the agent streams it
 		{QueryPlain, true, false, false, false},
 		{QueryCached, false, true, false, false},
+		{QueryCached, true, false, false, false}, // the agent's cache of the catalog loses changes (querymode.go)
 		{QueryStale, true, false, true, false},
 		{"bogus", false, false, false, true},
 	} {

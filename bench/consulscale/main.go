@@ -48,9 +48,13 @@ type mode struct {
 }
 
 var modes = []mode{
-	{"default", upstream.QueryDefault, true},      // meshlet's default: the catalog from the agent's cache, health streamed by the agent
-	{"streaming", upstream.QueryPlain, true},      // plain blocking queries, the agent streams health: the catalog a blocking RPC per sidecar
-	{"stream+cached", upstream.QueryCached, true}, // both ?cached, health streamed
+	// meshlet's default on an agent that streams (Consul's default): the
+	// catalog a blocking query per sidecar, health from the agent's
+	// streaming subscription
+	{"default", upstream.QueryDefault, true},
+	// health from the agent's cache (a background blocking RPC per agent
+	// and service), the catalog a blocking query per sidecar (never
+	// ?cached: upstream/querymode.go)
 	{"cached", upstream.QueryCached, false},
 	{"stale", upstream.QueryStale, false},
 	{"plain", upstream.QueryPlain, false}, // every query a blocking RPC to the servers
@@ -58,7 +62,7 @@ var modes = []mode{
 
 func main() {
 	ns := flag.String("n", "100,300,1000", "numbers of sidecars")
-	only := flag.String("modes", "", "modes to run (default all): default,streaming,stream+cached,cached,stale,plain")
+	only := flag.String("modes", "", "modes to run (default all): default,cached,stale,plain")
 	perAgent := flag.Int("per-agent", 25, "sidecars per client agent (as on one host); agents are added as N grows")
 	changes := flag.Int("changes", 20, "changes per phase")
 	every := flag.Duration("every", 500*time.Millisecond, "time between changes")
