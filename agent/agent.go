@@ -125,6 +125,7 @@ func Run(ctx context.Context, hardStop <-chan struct{}, cfg Config, log *slog.Lo
 		StateID:   cfg.Consul, // state is per Consul cluster
 		MaxStale:  cfg.MaxStale,
 		QueryMode: cfg.ConsulQuery,
+		Catalog:   cfg.ConsulCatalog,
 		// X-Forwarded-For: the app's own address, not loopback.
 		ClientAddr: clientAddr(cfg, log.With("part", "upstream")),
 		MTLS:       cfg.MTLS,
@@ -444,6 +445,9 @@ type services struct{ a *Agent }
 // LookupVIP implements dns.Services.
 func (s services) LookupVIP(ctx context.Context, name string) (netip.Addr, bool, error) {
 	ok, err := s.a.meshNameExists(name)
+	if err != nil && errors.Is(err, upstream.ErrNotKnownYet) {
+		return netip.Addr{}, false, fmt.Errorf("%w: %w", dns.ErrNotKnownYet, err)
+	}
 	if err != nil || !ok {
 		return netip.Addr{}, false, err
 	}

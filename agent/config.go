@@ -62,6 +62,8 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// ConsulQuery is how the watches ask Consul (upstream.QueryMode).
 	ConsulQuery upstream.QueryMode
+	// ConsulCatalog is how the service names are learnt (upstream.CatalogMode).
+	ConsulCatalog upstream.CatalogMode
 	// DNSTTL is the TTL of meshlet's own DNS answers and, through their
 	// SOA, of its negative answers; whole seconds.
 	DNSTTL time.Duration
@@ -111,6 +113,15 @@ func settings(consulDefault string) []setting {
 					return err
 				}
 				c.ConsulQuery = m
+				return nil
+			}},
+		{"consul-catalog", "MESHLET_CONSUL_CATALOG", "on-demand", "how meshlet learns the service names: on-demand (asks the catalog at start and when an unknown name is looked up, at most once a second) or watch (a blocking query per sidecar, woken by every registration in the cluster)",
+			func(c *Config, v string) error {
+				m, err := upstream.ParseCatalogMode(v)
+				if err != nil {
+					return err
+				}
+				c.ConsulCatalog = m
 				return nil
 			}},
 		{"suffix", "MESHLET_SUFFIX", "local,service.consul", "comma-separated DNS suffixes of mesh names (NAME.SUFFIX → service NAME)",

@@ -16,6 +16,12 @@ func (a *Agent) meshNameExists(name string) (bool, error) {
 	return a.mesh.ServiceExists(name)
 }
 
+// AwaitName implements dns.NameAwaiter: the catalog's answer about a name
+// LookupVIP did not know yet.
+func (s services) AwaitName(ctx context.Context, name string) error {
+	return s.a.mesh.AwaitName(ctx, name)
+}
+
 // LookupPorts implements dns.Services: the ports Consul has for the
 // instances of a service or subset, for SRV answers.
 func (s services) LookupPorts(ctx context.Context, name string) ([]uint16, error) {

@@ -1,6 +1,8 @@
 package dns
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 
@@ -94,7 +96,9 @@ func (m *ownReply) withSOAAnswer(z *meshZone) *ownReply {
 }
 
 // answerMesh answers a question for a name under a mesh suffix.
-func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, zone int, service string) {
+// mayWait says whether it may wait for a name not known yet (off the UDP
+// read loop).
+func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, zone int, service string, mayWait bool) {
 	q := r.Question[0]
 	z := &s.zones[zone]
 	if q.Qclass != mdns.ClassINET {
@@ -121,7 +125,7 @@ func (s *Server) answerMesh(w mdns.ResponseWriter, r *mdns.Msg, kind nameKind, z
 		return
 	}
 
-	vip, found, err := s.cfg.Services.LookupVIP(s.ctx, service)
+	vip, found, err := s.lookupVIP(service, mayWait)
 	if err == nil && found && !vip.IsValid() {
 		err = errInvalidVIP
 	}
@@ -183,4 +187,34 @@ func (s *Server) lookupFailed(w mdns.ResponseWriter, r *mdns.Msg, service string
 	}
 	s.cfg.Metrics.Query(QueryServFail)
 	s.write(w, newReply(r, mdns.RcodeServerFailure))
+}
+
+// lookupVIP asks Services for a name's VIP and, when the name is not known
+// yet and the caller may wait, waits for it (at most ForwardTimeout, as
+// long as a forwarded query may take) and asks again.
+func (s *Server) lookupVIP(service string, mayWait bool) (netip.Addr, bool, error) {
+	vip, found, err := s.cfg.Services.LookupVIP(s.ctx, service)
+	if !mayWait || err == nil || !errors.Is(err, ErrNotKnownYet) {
+		return vip, found, err
+	}
+	awaiter, ok := s.cfg.Services.(NameAwaiter)
+	if !ok {
+		return vip, found, err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ForwardTimeout)
+	defer cancel()
+	if err := awaiter.AwaitName(ctx, service); err != nil {
+		return netip.Addr{}, false, err
+	}
+	return s.cfg.Services.LookupVIP(s.ctx, service)
+}
+
+// notKnownYet reports whether answering a mesh name needs a wait for
+// Consul (see lookupVIP): the UDP loop then answers it off the loop.
+func (s *Server) notKnownYet(kind nameKind, service string) bool {
+	if kind == notMesh || kind == meshApex || kind == meshNoName {
+		return false
+	}
+	_, _, err := s.cfg.Services.LookupVIP(s.ctx, service)
+	return err != nil && errors.Is(err, ErrNotKnownYet)
 }

@@ -2,6 +2,7 @@ package dns
 
 import (
 	"encoding/binary"
+	"errors"
 	"log/slog"
 
 	mdns "github.com/miekg/dns"
@@ -134,7 +135,8 @@ func (f *fastPath) parse(b []byte) (q fastQuery, ok bool) {
 }
 
 // answer answers b on w if the fast path can, and reports whether it did;
-// when it did not, it has written nothing and asked nothing.
+// when it did not, it has written nothing (and asked nothing but, for a
+// name not known yet, LookupVIP).
 func (f *fastPath) answer(s *Server, w *udpWriter, b []byte) bool {
 	q, ok := f.parse(b)
 	if !ok {
@@ -153,6 +155,9 @@ func (f *fastPath) answer(s *Server, w *udpWriter, b []byte) bool {
 	vip, found, err := s.cfg.Services.LookupVIP(s.ctx, service)
 	if err == nil && found && !vip.IsValid() {
 		err = errInvalidVIP
+	}
+	if err != nil && errors.Is(err, ErrNotKnownYet) {
+		return false // the general path waits for it, off the loop
 	}
 	vip = vip.Unmap()
 	switch {

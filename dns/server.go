@@ -236,7 +236,7 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 		s.forward(w, r)
 		return
 	}
-	s.answerMesh(w, r, kind, zone, service)
+	s.answerMesh(w, r, kind, zone, service, true)
 }
 
 // screen deals with what is not one plain question (answering or ignoring

@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 )
 
@@ -18,7 +19,9 @@ type Services interface {
 	// found=false when no instance has the tag).
 	// found=false with err=nil means the service does not exist (answer NXDOMAIN).
 	// A non-nil err means it cannot be told now (e.g. Consul has not answered
-	// yet): answer SERVFAIL.
+	// yet): answer SERVFAIL. An err that wraps ErrNotKnownYet means the
+	// answer is on its way: the server waits for it off the read loop
+	// (NameAwaiter) and asks again.
 	LookupVIP(ctx context.Context, service string) (vip netip.Addr, found bool, err error)
 	// LookupPorts returns the distinct ports, ascending, of the instances
 	// of a service (or subset, named as for LookupVIP) that the server
@@ -32,4 +35,16 @@ type Services interface {
 	// reverse name is forwarded. It is asked on the UDP read loop too, so
 	// it must not block.
 	LookupName(ctx context.Context, vip netip.Addr) (name string, found bool)
+}
+
+// ErrNotKnownYet, wrapped in an error of LookupVIP, says that the name must
+// be asked of Consul before it can be answered, and that it is being asked.
+var ErrNotKnownYet = errors.New("mesh name not known yet")
+
+// NameAwaiter is what Services implement when LookupVIP may answer
+// ErrNotKnownYet: AwaitName blocks until LookupVIP can answer for the name
+// (service or subset, as for LookupVIP), or ctx ends. The server calls it
+// from a goroutine of its own, never from the UDP read loop.
+type NameAwaiter interface {
+	AwaitName(ctx context.Context, service string) error
 }

@@ -142,9 +142,9 @@ func (u *udpServer) handle(w *udpWriter, b []byte) {
 	if !ok {
 		return
 	}
-	wait := waitsForServices(kind, &req.Question[0])
+	wait := waitsForServices(kind, &req.Question[0]) || u.s.notKnownYet(kind, service)
 	if kind != notMesh && !wait {
-		u.s.answerMesh(w, req, kind, zone, service)
+		u.s.answerMesh(w, req, kind, zone, service, false)
 		return
 	}
 	if kind == notMesh && u.s.answerReverse(w, req) {
@@ -172,7 +172,7 @@ func (u *udpServer) handle(w *udpWriter, b []byte) {
 			<-u.sem
 			u.wg.Done()
 		}()
-		u.s.answerMesh(fw, req, kind, zone, service)
+		u.s.answerMesh(fw, req, kind, zone, service, true)
 	}()
 }
 

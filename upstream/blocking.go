@@ -274,7 +274,10 @@ func (l *liveness) callContext(ctx context.Context, d time.Duration) (context.Co
 // shows that Consul does not hang (the watches see their own errors). No
 // answer within timeout aborts the calls in flight, and so does every
 // further silence, asked every `every`, until Consul answers again.
-func (l *liveness) run(ctx context.Context, ping func(context.Context) error, every, timeout time.Duration, log *slog.Logger) {
+//
+// changed, when not nil, is told when the check starts failing (with its
+// error) and when it passes again (nil).
+func (l *liveness) run(ctx context.Context, ping func(context.Context) error, every, timeout time.Duration, log *slog.Logger, changed func(down error)) {
 	silent := false
 	for {
 		if last := l.lastAnswer(); !last.IsZero() && !silent {
@@ -320,6 +323,9 @@ func (l *liveness) run(ctx context.Context, ping func(context.Context) error, ev
 				log.Warn("consul does not answer: ending the queries in flight, which retry as with a consul that is down",
 					"err", err, "after", time.Since(start).Round(time.Millisecond))
 			}
+			if !silent && changed != nil {
+				changed(err)
+			}
 			silent = true
 			l.down.Store(&err)
 			l.abort(err)
@@ -331,6 +337,9 @@ func (l *liveness) run(ctx context.Context, ping func(context.Context) error, ev
 		if silent {
 			log.Info("consul answers its liveness check again")
 			silent = false
+			if changed != nil {
+				changed(nil)
+			}
 		}
 		if err != nil && !sleepCtx(ctx, every) {
 			return

@@ -115,7 +115,7 @@ func TestLivenessAbortsCallsInFlightWhenConsulIsSilent(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		l.run(ctx, ping, 200*time.Millisecond, 100*time.Millisecond, testLogger(t))
+		l.run(ctx, ping, 200*time.Millisecond, 100*time.Millisecond, testLogger(t), nil)
 	}()
 	defer func() { cancel(); <-done }()
 

@@ -47,6 +47,9 @@ type catalogWatch struct {
 	failingSince atomic.Int64
 	// live notices a Consul that hangs, for every watch of the mesh.
 	live liveness
+	// demand is the state of CatalogOnDemand; nil in CatalogWatch.
+	demand       *onDemand
+	refreshEvery time.Duration
 
 	// settle keeps the names known before an outage while Consul, having
 	// lost its state, has not yet seen their instances register again.
@@ -71,12 +74,20 @@ func (c *catalogWatch) run(ctx context.Context, m *Mesh) {
 	pingDone := make(chan struct{})
 	go func() {
 		defer close(pingDone)
+		var changed func(error)
+		if c.demand != nil {
+			changed = func(down error) { c.livenessChanged(down, m) }
+		}
 		c.live.run(ctx, func(ctx context.Context) error {
 			_, err := status.LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
 			return err
-		}, m.cfg.PingEvery, m.cfg.CallTimeout, m.log)
+		}, m.cfg.PingEvery, m.cfg.CallTimeout, m.log, changed)
 	}()
 	defer func() { <-pingDone }()
+	if c.demand != nil {
+		c.runOnDemand(ctx, m)
+		return
+	}
 	var cached bool // the last answer came from the agent's cache
 	q := &blockingQuery[map[string][]string]{
 		what: catalogQuery,
@@ -222,15 +233,20 @@ func (c *catalogWatch) usable(snap *catalogSnapshot) bool {
 	return snap != nil && (!snap.fromDisk || c.lastErr.Load() != nil)
 }
 
-// exists reports whether the last good answer listed name.
+// exists reports whether the last good answer listed name. In
+// CatalogOnDemand a name it lacks may be ErrNotKnownYet (onDemand.lookup).
 func (c *catalogWatch) exists(name string) (bool, error) {
 	snap := c.current.Load()
 	if !c.usable(snap) {
 		_, why := c.ready()
 		return false, errors.New("consul catalog has not answered yet: " + why)
 	}
-	_, ok := snap.names[strings.ToLower(name)]
-	return ok, nil
+	name = strings.ToLower(name)
+	has := func(s *catalogSnapshot) bool { _, ok := s.names[name]; return ok }
+	if c.demand != nil {
+		return c.demand.lookup(name, snap, has, c.refreshEvery)
+	}
+	return has(snap), nil
 }
 
 // names returns the sorted service names of the last good answer.

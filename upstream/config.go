@@ -132,6 +132,12 @@ type Config struct {
 
 	// QueryMode is how the watches ask Consul; "" is QueryDefault.
 	QueryMode QueryMode
+
+	// Catalog is how the mesh learns the service names; "" is
+	// CatalogWatch. CatalogRefreshEvery (zero: the default) spaces the
+	// questions of CatalogOnDemand.
+	Catalog             CatalogMode
+	CatalogRefreshEvery time.Duration
 }
 
 // DefaultPingEvery bounds, with CallTimeout, how long a hung Consul goes
@@ -155,6 +161,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		{"CallTimeout", &cfg.CallTimeout, DefaultCallTimeout},
 		{"MaxStale", &cfg.MaxStale, 0},
 		{"SettleTime", &cfg.SettleTime, DefaultSettleTime},
+		{"CatalogRefreshEvery", &cfg.CatalogRefreshEvery, DefaultCatalogRefreshEvery},
 	} {
 		if d.name == "SettleTime" && *d.value < 0 {
 			*d.value = 0 // off
@@ -179,6 +186,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.PingEvery <= 0 {
 		cfg.PingEvery = DefaultPingEvery
+	}
+	if cfg.Catalog != CatalogWatch && cfg.Catalog != CatalogOnDemand {
+		return cfg, fmt.Errorf("upstream config: catalog mode %q: want %q or %q", cfg.Catalog, CatalogWatch, CatalogOnDemand)
 	}
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{Timeout: DefaultDialTimeout}

@@ -45,9 +45,12 @@ func New(cfg Config) (*Mesh, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		health:  cfg.Consul.Health(),
-		catalog: &catalogWatch{source: cfg.Consul.Catalog(), waitTime: cfg.WaitTime},
+		catalog: &catalogWatch{source: cfg.Consul.Catalog(), waitTime: cfg.WaitTime, refreshEvery: cfg.CatalogRefreshEvery},
 		watches: make(map[string]*serviceWatch),
 		created: time.Now(),
+	}
+	if cfg.Catalog == CatalogOnDemand {
+		m.catalog.demand = newOnDemand()
 	}
 	m.mtls.on = cfg.MTLS != MTLSOff
 	m.mtls.watching = m.mtls.on && cfg.ClientTLS != nil
@@ -103,9 +106,20 @@ func (m *Mesh) CatalogReady() (ok bool, reason string) {
 
 // ServiceExists reports whether the last good catalog answer lists the
 // service (names are case-insensitive). It fails while the catalog has
-// never answered, so callers can tell "no such service" from "don't know".
+// never answered, so callers can tell "no such service" from "don't know";
+// in CatalogOnDemand it fails with ErrNotKnownYet for a name the last
+// answer lacks until the catalog is asked again (AwaitName waits for it).
 func (m *Mesh) ServiceExists(name string) (bool, error) {
-	return m.catalog.exists(name)
+	ok, err := m.catalog.exists(name)
+	if ok || m.catalog.demand == nil {
+		return ok, err
+	}
+	// A service watched since the catalog's last answer may have
+	// registered since: its own watch knows.
+	if w := m.watchOf(strings.ToLower(name)); w != nil && len(w.registered()) > 0 {
+		return true, nil
+	}
+	return ok, err
 }
 
 // ServiceNames returns the lower-cased service names of the last good

@@ -191,13 +191,22 @@ func hasTag(tags []string, tag string) bool {
 // keeps no tags), from the saved instances of the service. It fails as
 // ServiceExists does while nothing is known.
 func (m *Mesh) SubsetExists(tag, service string) (bool, error) {
-	ok, err := m.catalog.exists(service)
+	ok, err := m.ServiceExists(service)
 	if err != nil || !ok {
 		return false, err
 	}
+	tag, service = strings.ToLower(tag), strings.ToLower(service)
 	if snap := m.catalog.current.Load(); snap != nil && snap.tags != nil {
-		_, ok := snap.tags[strings.ToLower(service)][strings.ToLower(tag)]
-		return ok, nil
+		has := func(s *catalogSnapshot) bool { _, ok := s.tags[service][tag]; return ok }
+		if has(snap) || m.catalog.demand == nil {
+			return has(snap), nil
+		}
+		// On demand, the service's own watch may know the tag already;
+		// if not, the catalog is asked again.
+		if w := m.watchOf(service); w != nil && len(withTag(w.registered(), tag)) > 0 {
+			return true, nil
+		}
+		return m.catalog.demand.lookup(tag+"."+service, snap, has, m.catalog.refreshEvery)
 	}
 	w := m.watchOf(strings.ToLower(service))
 	if w == nil {

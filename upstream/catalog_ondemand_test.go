@@ -1,0 +1,151 @@
+package upstream_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/upstream"
+	"github.com/meshlet/meshlet/upstream/upstreamtest"
+)
+
+// onDemandMesh is a mesh whose catalog is asked on demand, at most every
+// 200 ms, with "web" in the catalog; it waits for the first answer.
+func onDemandMesh(t *testing.T, tweak func(*upstream.Config)) (*upstreamtest.FakeConsul, *upstream.Mesh) {
+	t.Helper()
+	fc := upstreamtest.NewFakeConsul(t)
+	fc.SetCatalog(1, "web")
+	m := upstreamtest.NewMesh(t, fc, func(c *upstream.Config) {
+		c.Catalog = upstream.CatalogOnDemand
+		c.CatalogRefreshEvery = 200 * time.Millisecond
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+	upstreamtest.Eventually(t, "the catalog's first answer", func() bool { ok, _ := m.CatalogReady(); return ok })
+	return fc, m
+}
+
+// exists asks ServiceExists or SubsetExists ("tag.service") as the DNS
+// server does: when the name is not known yet, it waits for the catalog
+// and asks again.
+func exists(t *testing.T, m *upstream.Mesh, name string) bool {
+	t.Helper()
+	ask := func() (bool, error) {
+		if tag, service, ok := strings.Cut(name, "."); ok {
+			return m.SubsetExists(tag, service)
+		}
+		return m.ServiceExists(name)
+	}
+	ok, err := ask()
+	if errors.Is(err, upstream.ErrNotKnownYet) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := m.AwaitName(ctx, name); err != nil {
+			t.Fatalf("AwaitName(%q): %v", name, err)
+		}
+		ok, err = ask()
+	}
+	if err != nil {
+		t.Fatalf("exists(%q): %v", name, err)
+	}
+	return ok
+}
+
+// The catalog is asked once at start; a change elsewhere in the cluster
+// costs nothing; a name registered later is found the first time it is
+// asked for; a name that does not exist is denied by an answer asked after
+// it, and that denial is trusted for CatalogRefreshEvery only.
+func TestOnDemandCatalogAsksOnlyForUnknownNames(t *testing.T) {
+	fc, m := onDemandMesh(t, nil)
+	sent := func() int { return len(fc.IndexesSent(upstreamtest.CatalogPath)) }
+	if !exists(t, m, "web") || sent() != 1 {
+		t.Fatalf("web: exists %v after %d catalog queries, want true after 1", exists(t, m, "web"), sent())
+	}
+	for i := range 5 { // registrations elsewhere: nobody asks
+		fc.SetCatalog(uint64(10+i), "web", fmt.Sprintf("other-%d", i))
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := sent(); n != 1 {
+		t.Fatalf("%d catalog queries after changes nobody asked about, want 1 (the first)", n)
+	}
+	if !exists(t, m, "other-4") {
+		t.Fatal("other-4, registered after the first answer: not found")
+	}
+	if n := sent(); n != 2 {
+		t.Fatalf("%d catalog queries, want 2", n)
+	}
+	if exists(t, m, "nope") {
+		t.Fatal("nope: exists")
+	}
+	// Denied by an answer asked after it: denied at once while that
+	// answer is recent, whatever the flood of lookups.
+	before := sent()
+	for range 1000 {
+		if ok, err := m.ServiceExists("nope"); ok || err != nil {
+			t.Fatalf("nope right after its denial: %v, %v", ok, err)
+		}
+	}
+	for i := range 100 { // unknown names: at most one query per 200 ms
+		_, _ = m.ServiceExists(fmt.Sprintf("random-%d", i))
+	}
+	time.Sleep(150 * time.Millisecond)
+	if n := sent() - before; n > 2 {
+		t.Errorf("%d catalog queries for 1,000 lookups of a denied name and 100 unknown ones within 150 ms, want at most 2", n)
+	}
+	// Registered after its denial: found once the denial is old.
+	fc.SetCatalog(30, "web", "other-4", "nope")
+	time.Sleep(250 * time.Millisecond)
+	if !exists(t, m, "nope") {
+		t.Error("nope, registered after its denial and asked again later: not found")
+	}
+}
+
+// A tag subset the last answer lacks is asked for like a name.
+func TestOnDemandCatalogFindsNewTags(t *testing.T) {
+	fc, m := onDemandMesh(t, nil)
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 2, Body: map[string][]string{"web": {"v1"}}})
+	time.Sleep(250 * time.Millisecond)
+	if !exists(t, m, "v1.web") || exists(t, m, "v2.web") {
+		t.Fatal("v1.web should exist and v2.web not")
+	}
+	fc.Set(upstreamtest.CatalogPath, upstreamtest.FakeAnswer{Index: 3, Body: map[string][]string{"web": {"v1", "v2"}}})
+	time.Sleep(250 * time.Millisecond)
+	if !exists(t, m, "v2.web") {
+		t.Error("v2.web, tagged after the first answers: not found")
+	}
+}
+
+// With no watch to fail, the liveness check stands for the catalog: a
+// Consul that stops answering is fail-static in Status, and its return
+// ends it.
+func TestOnDemandCatalogOutageFromTheLivenessCheck(t *testing.T) {
+	fc, m := onDemandMesh(t, func(c *upstream.Config) { c.PingEvery = 100 * time.Millisecond })
+	fc.SetFailing(upstreamtest.LeaderPath, true)
+	upstreamtest.Eventually(t, "fail-static in Status", func() bool { return statusHas(m, "fail-static: consul unreachable for") })
+	if !exists(t, m, "web") {
+		t.Error("web during the outage: not found")
+	}
+	fc.SetFailing(upstreamtest.LeaderPath, false)
+	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
+}
+
+// A watched service registered after the catalog's last answer is known
+// from its own watch, without asking the catalog.
+func TestOnDemandCatalogKnowsWatchedServices(t *testing.T) {
+	a := upstreamtest.WhoAmI(t, "a")
+	fc, m := onDemandMesh(t, nil)
+	fc.SetHealth("api", 3, upstreamtest.Instance(t, "api", "a", upstreamtest.AddrOf(a)))
+	m.Watch("api")
+	upstreamtest.Eventually(t, "api's instances", func() bool { return len(m.Endpoints("api")) == 1 })
+	before := len(fc.IndexesSent(upstreamtest.CatalogPath))
+	if ok, err := m.ServiceExists("api"); !ok || err != nil {
+		t.Fatalf("api: %v, %v", ok, err)
+	}
+	if n := len(fc.IndexesSent(upstreamtest.CatalogPath)); n != before {
+		t.Errorf("the catalog was asked %d times for a watched service", n-before)
+	}
+}
