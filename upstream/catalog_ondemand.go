@@ -129,18 +129,36 @@ func (o *onDemand) doneChan() <-chan struct{} {
 	return o.done
 }
 
-// runOnDemand asks the catalog until its first answer, with backoff, then
-// whenever a lookup or the liveness check asks for a refresh, at most once
-// per CatalogRefreshEvery.
+// runOnDemand asks the catalog at start, then whenever a lookup or the
+// liveness check asks for a refresh, at most once per
+// CatalogRefreshEvery; a failed question is asked again with backoff until
+// Consul answers, which ends the outage it began.
 func (c *catalogWatch) runOnDemand(ctx context.Context, m *Mesh) {
 	var lastIndex uint64
 	failures := 0
-	attempt := func() bool {
+	for first := true; ; first = false {
+		switch {
+		case failures > 0:
+			if !sleepCtx(ctx, m.cfg.RetryBackoff(failures)) {
+				return
+			}
+		case !first:
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.demand.wanted:
+			}
+			c.demand.mu.Lock()
+			next := c.demand.lastStart.Add(m.cfg.CatalogRefreshEvery)
+			c.demand.mu.Unlock()
+			if !sleepCtx(ctx, time.Until(next)) {
+				return
+			}
+		}
 		start := time.Now()
 		index, err := c.refresh(ctx, m, failures > 0, lastIndex)
-		defer c.demand.attemptDone(start)
 		if ctx.Err() != nil {
-			return false
+			return
 		}
 		if err != nil {
 			failures++
@@ -148,34 +166,17 @@ func (c *catalogWatch) runOnDemand(ctx context.Context, m *Mesh) {
 			c.lastErr.Store(&err)
 			c.failed(catalogQuery, err, m)
 			if failures == 1 {
-				m.log.Info("consul query failed; keeping the last answer", "query", catalogQuery, "err", err)
+				m.log.Info("consul query failed, retrying with backoff; keeping the last answer", "query", catalogQuery, "err", err)
+			} else {
+				m.log.Debug("consul query failed again", "query", catalogQuery, "err", err, "failures", failures)
 			}
-			return false
+		} else {
+			if failures > 0 {
+				m.log.Info("consul answers again", "query", catalogQuery, "failures", failures)
+			}
+			failures, lastIndex = 0, index
 		}
-		if failures > 0 {
-			m.log.Info("consul answers again", "query", catalogQuery, "failures", failures)
-		}
-		failures, lastIndex = 0, index
-		return true
-	}
-	for try := 1; !attempt(); try++ {
-		if !sleepCtx(ctx, m.cfg.RetryBackoff(try)) {
-			return
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.demand.wanted:
-		}
-		c.demand.mu.Lock()
-		next := c.demand.lastStart.Add(m.cfg.CatalogRefreshEvery)
-		c.demand.mu.Unlock()
-		if !sleepCtx(ctx, time.Until(next)) {
-			return
-		}
-		attempt()
+		c.demand.attemptDone(start)
 	}
 }
 
@@ -203,12 +204,12 @@ func (c *catalogWatch) refresh(ctx context.Context, m *Mesh, afterOutage bool, l
 
 // livenessChanged, in CatalogOnDemand, stands for the catalog's blocking
 // query, which would fail while Consul is away and answer when it is back:
-// the outage is the catalog's too, and its end asks the catalog again.
+// the outage is the catalog's too, until the catalog answers again (asked
+// now, and with backoff while it fails).
 func (c *catalogWatch) livenessChanged(down error, m *Mesh) {
 	if down != nil {
 		c.lastErr.Store(&down)
 		c.failed(catalogQuery, down, m)
-		return
 	}
 	select {
 	case c.demand.wanted <- struct{}{}:

@@ -149,3 +149,19 @@ func TestOnDemandCatalogKnowsWatchedServices(t *testing.T) {
 		t.Errorf("the catalog was asked %d times for a watched service", n-before)
 	}
 }
+
+// A question that fails begins an outage, and the catalog is asked again
+// with backoff until it answers, which ends it: no lookup is needed.
+func TestOnDemandCatalogOutageEndsWhenItAnswers(t *testing.T) {
+	fc, m := onDemandMesh(t, func(c *upstream.Config) { c.PingEvery = time.Hour })
+	fc.SetFailing(upstreamtest.CatalogPath, true)
+	if _, err := m.ServiceExists("new"); !errors.Is(err, upstream.ErrNotKnownYet) {
+		t.Fatalf("new: %v, want ErrNotKnownYet", err)
+	}
+	upstreamtest.Eventually(t, "fail-static in Status", func() bool { return statusHas(m, "fail-static: consul unreachable for") })
+	if exists(t, m, "new") || !exists(t, m, "web") {
+		t.Error("during the outage: want the last answer's names")
+	}
+	fc.SetFailing(upstreamtest.CatalogPath, false)
+	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
+}

@@ -45,24 +45,28 @@ type mode struct {
 	name      string
 	query     upstream.QueryMode
 	streaming bool // the client agents' use_streaming_backend
+	catalog   upstream.CatalogMode
 }
 
 var modes = []mode{
 	// meshlet's default on an agent that streams (Consul's default): the
-	// catalog a blocking query per sidecar, health from the agent's
-	// streaming subscription
-	{"default", upstream.QueryDefault, true},
+	// catalog asked at start only (no sidecar looks up a name it does
+	// not know here), health from the agent's streaming subscription
+	{"default", upstream.QueryDefault, true, upstream.CatalogOnDemand},
+	// the same, with the catalog a blocking query per sidecar (the
+	// default before --consul-catalog)
+	{"watch", upstream.QueryDefault, true, upstream.CatalogWatch},
 	// health from the agent's cache (a background blocking RPC per agent
 	// and service), the catalog a blocking query per sidecar (never
 	// ?cached: upstream/querymode.go)
-	{"cached", upstream.QueryCached, false},
-	{"stale", upstream.QueryStale, false},
-	{"plain", upstream.QueryPlain, false}, // every query a blocking RPC to the servers
+	{"cached", upstream.QueryCached, false, upstream.CatalogWatch},
+	{"stale", upstream.QueryStale, false, upstream.CatalogWatch},
+	{"plain", upstream.QueryPlain, false, upstream.CatalogWatch}, // every query a blocking RPC to the servers
 }
 
 func main() {
 	ns := flag.String("n", "100,300,1000", "numbers of sidecars")
-	only := flag.String("modes", "", "modes to run (default all): default,cached,stale,plain")
+	only := flag.String("modes", "", "modes to run (default all): default,watch,cached,stale,plain")
 	perAgent := flag.Int("per-agent", 25, "sidecars per client agent (as on one host); agents are added as N grows")
 	changes := flag.Int("changes", 20, "changes per phase")
 	every := flag.Duration("every", 500*time.Millisecond, "time between changes")
@@ -212,7 +216,7 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every, con
 		if err != nil {
 			return err
 		}
-		m, err := upstream.New(upstream.Config{Consul: client, QueryMode: md.query, Logger: slog.New(slog.DiscardHandler)})
+		m, err := upstream.New(upstream.Config{Consul: client, QueryMode: md.query, Catalog: md.catalog, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			return err
 		}
