@@ -242,11 +242,10 @@ func (c *catalogWatch) exists(name string) (bool, error) {
 		return false, errors.New("consul catalog has not answered yet: " + why)
 	}
 	name = strings.ToLower(name)
-	has := func(s *catalogSnapshot) bool { _, ok := s.names[name]; return ok }
-	if c.demand != nil {
-		return c.demand.lookup(name, snap, has, c.refreshEvery)
+	if _, ok := snap.names[name]; ok || c.demand == nil {
+		return ok, nil
 	}
-	return has(snap), nil
+	return c.demand.lookup(name, snap, func(s *catalogSnapshot) bool { _, ok := s.names[name]; return ok }, c.refreshEvery)
 }
 
 // names returns the sorted service names of the last good answer.

@@ -72,6 +72,8 @@ type onDemand struct {
 	lastStart time.Time
 	// refreshes counts the catalog queries sent, for tests.
 	refreshes atomic.Uint64
+	// answeredAt is when the query of the last good answer started (unix ns).
+	answeredAt atomic.Int64
 }
 
 func newOnDemand() *onDemand {
@@ -92,20 +94,44 @@ func (o *onDemand) lookup(key string, snap *catalogSnapshot, has func(*catalogSn
 	at, ok := o.asked[key]
 	switch {
 	case !ok:
-		if len(o.asked) >= maxPendingNames {
-			clear(o.asked)
-		}
-		o.asked[key] = now
+		o.askLocked(key, now)
 	case o.lastStart.After(at) && now.Sub(o.lastStart) < every:
 		return false, nil // denied by an answer asked after the name, and recent
 	case o.lastStart.After(at):
 		o.asked[key] = now // that denial is too old to trust: ask again
 	}
+	o.want()
+	return false, ErrNotKnownYet
+}
+
+// recheck is lookup for a name the last answer lists but whose own watch
+// has listed no instance since emptyAt (unix ns): deregistered since, or
+// not. An answer asked after emptyAt tells; until one comes, the name is
+// not known.
+func (o *onDemand) recheck(key string, emptyAt int64) error {
+	if o.answeredAt.Load() > emptyAt {
+		return nil
+	}
+	o.mu.Lock()
+	o.askLocked(key, time.Now())
+	o.mu.Unlock()
+	o.want()
+	return ErrNotKnownYet
+}
+
+func (o *onDemand) askLocked(key string, now time.Time) {
+	if len(o.asked) >= maxPendingNames {
+		clear(o.asked)
+	}
+	o.asked[key] = now
+}
+
+// want asks the refresh loop for a question of the catalog.
+func (o *onDemand) want() {
 	select {
 	case o.wanted <- struct{}{}:
 	default:
 	}
-	return false, ErrNotKnownYet
 }
 
 // attemptDone records the end of a refresh attempt that started at start,
@@ -156,7 +182,7 @@ func (c *catalogWatch) runOnDemand(ctx context.Context, m *Mesh) {
 			}
 		}
 		start := time.Now()
-		index, err := c.refresh(ctx, m, failures > 0, lastIndex)
+		index, err := c.refresh(ctx, m, start, failures > 0, lastIndex)
 		if ctx.Err() != nil {
 			return
 		}
@@ -181,7 +207,7 @@ func (c *catalogWatch) runOnDemand(ctx context.Context, m *Mesh) {
 }
 
 // refresh asks the catalog once, without blocking, and applies its answer.
-func (c *catalogWatch) refresh(ctx context.Context, m *Mesh, afterOutage bool, lastIndex uint64) (uint64, error) {
+func (c *catalogWatch) refresh(ctx context.Context, m *Mesh, start time.Time, afterOutage bool, lastIndex uint64) (uint64, error) {
 	c.demand.refreshes.Add(1)
 	cctx, cancel := c.live.callContext(ctx, fetchDeadline(0, 0, m.cfg.CallTimeout))
 	defer cancel()
@@ -199,6 +225,7 @@ func (c *catalogWatch) refresh(ctx context.Context, m *Mesh, afterOutage bool, l
 		c.lostState(m)
 	}
 	c.apply(services, m)
+	c.demand.answeredAt.Store(start.UnixNano())
 	return meta.LastIndex, nil
 }
 
@@ -211,10 +238,7 @@ func (c *catalogWatch) livenessChanged(down error, m *Mesh) {
 		c.lastErr.Store(&down)
 		c.failed(catalogQuery, down, m)
 	}
-	select {
-	case c.demand.wanted <- struct{}{}:
-	default:
-	}
+	c.demand.want()
 }
 
 // AwaitName waits, until ctx ends, for the catalog's answer about a name

@@ -165,3 +165,25 @@ func TestOnDemandCatalogOutageEndsWhenItAnswers(t *testing.T) {
 	fc.SetFailing(upstreamtest.CatalogPath, false)
 	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
 }
+
+// A watched service that leaves is denied once the catalog, asked after
+// its watch saw it empty, no longer lists it; back, it is known from its
+// watch at once.
+func TestOnDemandCatalogDeniesAServiceThatLeft(t *testing.T) {
+	a := upstreamtest.WhoAmI(t, "a")
+	fc, m := onDemandMesh(t, nil)
+	fc.SetHealth("web", 3, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
+	m.Watch("web")
+	upstreamtest.Eventually(t, "web's instances", func() bool { return len(m.Endpoints("web")) == 1 })
+	fc.SetHealth("web", 4)
+	fc.SetCatalog(4, "other")
+	upstreamtest.Eventually(t, "web's watch to see it leave", func() bool { return len(m.Endpoints("web")) == 0 })
+	if exists(t, m, "web") {
+		t.Fatal("web, deregistered: still exists")
+	}
+	fc.SetHealth("web", 5, upstreamtest.Instance(t, "web", "a", upstreamtest.AddrOf(a)))
+	upstreamtest.Eventually(t, "web back", func() bool { return len(m.Endpoints("web")) == 1 })
+	if ok, err := m.ServiceExists("web"); !ok || err != nil {
+		t.Errorf("web, registered again: %v, %v", ok, err)
+	}
+}

@@ -111,13 +111,23 @@ func (m *Mesh) CatalogReady() (ok bool, reason string) {
 // answer lacks until the catalog is asked again (AwaitName waits for it).
 func (m *Mesh) ServiceExists(name string) (bool, error) {
 	ok, err := m.catalog.exists(name)
-	if ok || m.catalog.demand == nil {
+	if m.catalog.demand == nil || err != nil && !errors.Is(err, ErrNotKnownYet) {
 		return ok, err
 	}
-	// A service watched since the catalog's last answer may have
-	// registered since: its own watch knows.
-	if w := m.watchOf(strings.ToLower(name)); w != nil && len(w.registered()) > 0 {
+	// A watched service's own answers may be newer than the catalog's
+	// last: it may have registered since, or left.
+	w := m.watchOf(strings.ToLower(name))
+	switch {
+	case w == nil:
+		return ok, err
+	case len(w.registered()) > 0:
 		return true, nil
+	case ok:
+		if at := w.emptySince.Load(); at != 0 {
+			if err := m.catalog.demand.recheck(strings.ToLower(name), at); err != nil {
+				return false, err
+			}
+		}
 	}
 	return ok, err
 }

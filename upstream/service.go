@@ -48,6 +48,10 @@ type serviceWatch struct {
 	// confirmed; 0 while Consul answers.
 	failingSince atomic.Int64
 	staleLogged  atomic.Bool
+	// emptySince is when Consul's answers began to list no instance of
+	// the service (unix ns; 0 while they list some): for CatalogOnDemand,
+	// which asks the catalog again before it denies the name.
+	emptySince atomic.Int64
 
 	// Owned by the watch's goroutine (and by the state loader before Run).
 	mu            sync.Mutex
@@ -102,6 +106,11 @@ func (w *serviceWatch) run(ctx context.Context, m *Mesh) {
 			m.catalog.lostState(m)
 		},
 		apply: func(entries []*api.ServiceEntry) {
+			if len(entries) > 0 {
+				w.emptySince.Store(0)
+			} else {
+				w.emptySince.CompareAndSwap(0, time.Now().UnixNano())
+			}
 			eps, skipped := endpointsFromHealth(entries)
 			if len(skipped) > 0 {
 				m.log.Warn("ignoring instances without an address or port", "service", w.name, "ids", skipped)
