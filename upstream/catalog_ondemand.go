@@ -66,12 +66,10 @@ type onDemand struct {
 	// asked holds when each name the last answers lacked was first asked
 	// since: an answer denies a name only if its query started after that.
 	asked map[string]time.Time
-	// done is closed when the refresh attempt after the current one ends.
+	// done is closed when the next refresh attempt to finish does.
 	done chan struct{}
 	// lastStart is when the last finished refresh attempt started.
 	lastStart time.Time
-	// refreshes counts the catalog queries sent, for tests.
-	refreshes atomic.Uint64
 	// answeredAt is when the query of the last good answer started (unix ns).
 	answeredAt atomic.Int64
 }
@@ -107,14 +105,18 @@ func (o *onDemand) lookup(key string, snap *catalogSnapshot, has func(*catalogSn
 // recheck is lookup for a name the last answer lists but whose own watch
 // has listed no instance since emptyAt (unix ns): deregistered since, or
 // not. An answer asked after emptyAt tells; until one comes, the name is
-// not known.
+// not known. A question that failed (an outage) leaves the last answer's
+// word.
 func (o *onDemand) recheck(key string, emptyAt int64) error {
 	if o.answeredAt.Load() > emptyAt {
 		return nil
 	}
 	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.lastStart.UnixNano() > emptyAt {
+		return nil
+	}
 	o.askLocked(key, time.Now())
-	o.mu.Unlock()
 	o.want()
 	return ErrNotKnownYet
 }
@@ -208,7 +210,6 @@ func (c *catalogWatch) runOnDemand(ctx context.Context, m *Mesh) {
 
 // refresh asks the catalog once, without blocking, and applies its answer.
 func (c *catalogWatch) refresh(ctx context.Context, m *Mesh, start time.Time, afterOutage bool, lastIndex uint64) (uint64, error) {
-	c.demand.refreshes.Add(1)
 	cctx, cancel := c.live.callContext(ctx, fetchDeadline(0, 0, m.cfg.CallTimeout))
 	defer cancel()
 	services, meta, err := c.source.Services(m.cfg.QueryMode.options(true, 0, 0).WithContext(cctx))
