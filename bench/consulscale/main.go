@@ -179,6 +179,23 @@ func (w *world) register(service string, i int) error {
 	})
 }
 
+// restore undoes the changes of a previous measure: every service's
+// first instance registered and passing again. Without it, the next N's
+// sidecars wait for instances a previous N's changes left critical or
+// gone, and never converge.
+func (w *world) restore() error {
+	for s := range services + 1 {
+		name := serviceName(s)
+		if err := w.register(name, 0); err != nil {
+			return err
+		}
+		if err := w.inst.Consul.Agent().UpdateTTL("ttl-"+name+"-0", "ok", api.HealthPassing); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // sidecar is one simulated meshlet's watching.
 type sidecar struct {
 	mesh    *upstream.Mesh
@@ -189,6 +206,9 @@ type sidecar struct {
 // measures an idle period, changes to watched services and changes to an
 // unwatched one.
 func (w *world) measure(ctx context.Context, md mode, n, changes int, every, converge time.Duration) error {
+	if err := w.restore(); err != nil {
+		return fmt.Errorf("restoring the instances: %w", err)
+	}
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var transports []*http.Transport
@@ -251,6 +271,25 @@ func (w *world) measure(ctx context.Context, md mode, n, changes int, every, con
 			}
 		}
 		fmt.Printf("| %d | %s | only %d of %d sidecars saw every instance within %v | | | | | | | |\n", n, md.name, ready, n, converge)
+		// What the others lack, for the operator: how many of their
+		// watches miss instances, and the catalog's reason.
+		lacking := map[string]int{}
+		for _, sc := range sides {
+			if ok, why := sc.mesh.CatalogReady(); !ok {
+				lacking["catalog: "+why]++
+			}
+			for _, name := range sc.watches {
+				if got := len(sc.mesh.Endpoints(name)); got != instancesOf {
+					lacking[fmt.Sprintf("%d instances of a watched service", got)]++
+				}
+			}
+			for _, line := range sc.mesh.Status() {
+				lacking["status: "+line]++
+			}
+		}
+		for what, count := range lacking {
+			log.Printf("consulscale: N=%d %s: %d× %s", n, md.name, count, what)
+		}
 		return nil
 	}
 	time.Sleep(3 * time.Second) // let the start's burst pass
