@@ -109,6 +109,18 @@ func TestDNSClients(t *testing.T) {
 	}
 	t.Logf("big answer: %d A records, UDP with EDNS0 whole, UDP without it truncated then TCP, all through meshlet", meshlab.BigAnswers)
 
+	// A service registered after meshlet started is known on its first
+	// lookup: meshlet asks the catalog then (--consul-catalog on-demand),
+	// and dig asks once.
+	if _, err := w.AddInstance(ctx, "late"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if late := mustAddr(t, short("late.local", "A")); !vipRange.Contains(late) || late == web || late == v2 {
+		t.Errorf("late.local %v: want a VIP of its own", late)
+	}
+	t.Logf("late.local, registered after meshlet started, resolved on its first lookup in %v", time.Since(start).Round(time.Millisecond))
+
 	// glibc's resolver: forward and reverse.
 	if out, err := w.App.Run(ctx, "getent", "ahosts", "v2.web.local"); err != nil || !strings.HasPrefix(out, v2.String()+" ") {
 		t.Errorf("getent ahosts v2.web.local: %q, %v; want %v", out, err, v2)

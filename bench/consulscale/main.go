@@ -67,10 +67,10 @@ var modes = []mode{
 func main() {
 	ns := flag.String("n", "100,300,1000", "numbers of sidecars")
 	only := flag.String("modes", "", "modes to run (default all): default,watch,cached,stale,plain")
-	perAgent := flag.Int("per-agent", 25, "sidecars per client agent (as on one host); agents are added as N grows")
-	changes := flag.Int("changes", 20, "changes per phase")
+	perAgent := flag.Int("per-agent", 50, "sidecars per client agent (as on one host); agents are added as N grows")
+	changes := flag.Int("changes", 12, "changes per phase")
 	every := flag.Duration("every", 500*time.Millisecond, "time between changes")
-	converge := flag.Duration("converge", 120*time.Second, "how long all N sidecars may take to see every instance at start")
+	converge := flag.Duration("converge", 300*time.Second, "how long all N sidecars may take to see every instance at start")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("consulscale: run as root (it makes network namespaces)")
