@@ -414,6 +414,15 @@ func (a *Agent) serveOutbound(ctx context.Context, c net.Conn) {
 	}
 	service, ok := a.serviceOf(dst.Addr())
 	if !ok {
+		// The home address of a service registered since the catalog's
+		// last answer (asked on demand): ask it again, once.
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if a.mesh.RefreshCatalog(rctx) == nil {
+			service, ok = a.serviceOf(dst.Addr())
+		}
+		cancel()
+	}
+	if !ok {
 		a.log.Warn("connection to an address that is no service's VIP", "dst", dst, "from", c.RemoteAddr())
 		c.Close()
 		return

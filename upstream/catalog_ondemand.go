@@ -266,3 +266,29 @@ func (m *Mesh) AwaitName(ctx context.Context, name string) error {
 		}
 	}
 }
+
+// RefreshCatalog, in CatalogOnDemand, asks the catalog again (at most once
+// per CatalogRefreshEvery) and waits for the answer, until ctx ends; with
+// the catalog watched, it does nothing: the watch is as fresh as it gets.
+func (m *Mesh) RefreshCatalog(ctx context.Context) error {
+	d := m.catalog.demand
+	if d == nil {
+		return nil
+	}
+	asked := time.Now()
+	for {
+		done := d.doneChan()
+		d.mu.Lock()
+		fresh := !d.lastStart.Before(asked)
+		d.mu.Unlock()
+		if fresh {
+			return nil
+		}
+		d.want()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the consul catalog: %w", ctx.Err())
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +186,24 @@ func TestOnDemandCatalogDeniesAServiceThatLeft(t *testing.T) {
 	upstreamtest.Eventually(t, "web back", func() bool { return len(m.Endpoints("web")) == 1 })
 	if ok, err := m.ServiceExists("web"); !ok || err != nil {
 		t.Errorf("web, registered again: %v, %v", ok, err)
+	}
+}
+
+// RefreshCatalog asks the catalog again and returns with its answer: how
+// the agent maps the VIP an earlier run handed out for a service
+// registered since the last answer.
+func TestOnDemandRefreshCatalog(t *testing.T) {
+	fc, m := onDemandMesh(t, nil)
+	fc.SetCatalog(2, "web", "late")
+	if slices.Contains(m.ServiceNames(), "late") {
+		t.Fatal("late listed before any question")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.RefreshCatalog(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(m.ServiceNames(), "late") {
+		t.Errorf("after RefreshCatalog: %v, want late listed", m.ServiceNames())
 	}
 }
