@@ -115,7 +115,7 @@ func settings(consulDefault string) []setting {
 				c.ConsulQuery = m
 				return nil
 			}},
-		{"consul-catalog", "MESHLET_CONSUL_CATALOG", "on-demand", "how meshlet learns the service names: on-demand (asks the catalog at start and when an unknown name is looked up, at most once a second) or watch (a blocking query per sidecar, woken by every registration in the cluster)",
+		{"consul-catalog", "MESHLET_CONSUL_CATALOG", "on-demand", "how meshlet learns the service names: on-demand (asks the catalog at start and when an unknown name is looked up, at most 4 times a second) or watch (a blocking query per sidecar, woken by every registration in the cluster)",
 			func(c *Config, v string) error {
 				m, err := upstream.ParseCatalogMode(v)
 				if err != nil {

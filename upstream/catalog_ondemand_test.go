@@ -90,13 +90,28 @@ func TestOnDemandCatalogAsksOnlyForUnknownNames(t *testing.T) {
 			t.Fatalf("nope right after its denial: %v, %v", ok, err)
 		}
 	}
-	for i := range 100 { // unknown names: at most one query per 200 ms
+	for i := range 100 { // unknown names: at most 4 queries per 200 ms
 		_, _ = m.ServiceExists(fmt.Sprintf("random-%d", i))
 	}
 	time.Sleep(150 * time.Millisecond)
-	if n := sent() - before; n > 2 {
-		t.Errorf("%d catalog queries for 1,000 lookups of a denied name and 100 unknown ones within 150 ms, want at most 2", n)
+	if n := sent() - before; n > 4 {
+		t.Errorf("%d catalog queries for 1,000 lookups of a denied name and 100 unknown ones within 150 ms, want at most 4", n)
+	} else {
+		t.Logf("%d catalog queries for 1,000 lookups of a denied name and 100 unknown ones within 150 ms", n)
 	}
+	// A second of new unknown names, one a millisecond: at most 4
+	// questions per CatalogRefreshEvery (200 ms here).
+	before = sent()
+	for i, end := 0, time.Now().Add(time.Second); time.Now().Before(end); i++ {
+		_, _ = m.ServiceExists(fmt.Sprintf("flood-%d", i))
+		time.Sleep(time.Millisecond)
+	}
+	if n := sent() - before; n > 4*6 {
+		t.Errorf("%d catalog queries in a second of unknown names, want at most 24", n)
+	} else {
+		t.Logf("%d catalog queries in a second of unknown names", n)
+	}
+	time.Sleep(250 * time.Millisecond)
 	// Registered after its denial: found once the denial is old.
 	fc.SetCatalog(30, "web", "other-4", "nope")
 	time.Sleep(250 * time.Millisecond)
@@ -121,16 +136,23 @@ func TestOnDemandCatalogFindsNewTags(t *testing.T) {
 }
 
 // With no watch to fail, the liveness check stands for the catalog: a
-// Consul that stops answering is fail-static in Status, and its return
-// ends it.
+// Consul that stops answering (the check fails, the catalog's question
+// hangs) is fail-static in Status at once, and its return ends it.
 func TestOnDemandCatalogOutageFromTheLivenessCheck(t *testing.T) {
-	fc, m := onDemandMesh(t, func(c *upstream.Config) { c.PingEvery = 100 * time.Millisecond })
+	fc, m := onDemandMesh(t, func(c *upstream.Config) {
+		c.PingEvery = 100 * time.Millisecond
+		c.CallTimeout = time.Minute // the hung question does not fail during the test
+	})
+	fc.SetHolding(upstreamtest.CatalogPath, true)
 	fc.SetFailing(upstreamtest.LeaderPath, true)
-	upstreamtest.Eventually(t, "fail-static in Status", func() bool { return statusHas(m, "fail-static: consul unreachable for") })
-	if !exists(t, m, "web") {
-		t.Error("web during the outage: not found")
+	upstreamtest.Eventually(t, "fail-static in Status", func() bool {
+		return statusHas(m, "fail-static: consul unreachable for") && statusHas(m, "catalog services: consul does not answer: the agent fails its liveness check")
+	})
+	if ok, err := m.ServiceExists("web"); !ok || err != nil {
+		t.Errorf("web during the outage: %v, %v", ok, err)
 	}
 	fc.SetFailing(upstreamtest.LeaderPath, false)
+	fc.SetHolding(upstreamtest.CatalogPath, false)
 	upstreamtest.Eventually(t, "Status back to normal", func() bool { return len(m.Status()) == 0 })
 }
 
