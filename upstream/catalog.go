@@ -245,7 +245,7 @@ func (c *catalogWatch) exists(name string) (bool, error) {
 	if _, ok := snap.names[name]; ok || c.demand == nil {
 		return ok, nil
 	}
-	return c.demand.lookup(name, snap, func(s *catalogSnapshot) bool { _, ok := s.names[name]; return ok }, c.refreshEvery)
+	return c.demand.lookup(name, c.refreshEvery)
 }
 
 // names returns the sorted service names of the last good answer.

@@ -89,14 +89,11 @@ func newOnDemand() *onDemand {
 	return &onDemand{wanted: make(chan struct{}, 1), asked: make(map[string]time.Time), done: make(chan struct{})}
 }
 
-// lookup answers whether key (a name, or a "tag.service" subset) is known
-// to the catalog: has reports it of a snapshot. A key the last answer lacks
-// is denied only by an answer asked after the key was; otherwise a refresh
-// is asked for and the error is ErrNotKnownYet.
-func (o *onDemand) lookup(key string, snap *catalogSnapshot, has func(*catalogSnapshot) bool, every time.Duration) (bool, error) {
-	if has(snap) {
-		return true, nil
-	}
+// lookup answers for key (a name, or a "tag.service" subset) that the
+// catalog's last answer lacks: it is denied only by an answer asked after
+// the key was; otherwise a refresh is asked for and the error is
+// ErrNotKnownYet.
+func (o *onDemand) lookup(key string, every time.Duration) (bool, error) {
 	now := time.Now()
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -206,7 +206,7 @@ func (m *Mesh) SubsetExists(tag, service string) (bool, error) {
 		if w := m.watchOf(service); w != nil && len(withTag(w.registered(), tag)) > 0 {
 			return true, nil
 		}
-		return m.catalog.demand.lookup(tag+"."+service, snap, has, m.catalog.refreshEvery)
+		return m.catalog.demand.lookup(tag+"."+service, m.catalog.refreshEvery)
 	}
 	w := m.watchOf(strings.ToLower(service))
 	if w == nil {
